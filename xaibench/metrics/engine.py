@@ -31,7 +31,11 @@ def scores_from_logits(logits: Tensor, targets: Tensor, score: str) -> Tensor:
 
     ``accuracy``: 1.0 where ``argmax == target``; ``confidence``/``probability``:
     softmax probability of the target; ``logit``: the target's raw logit.
+    A callable ``score(logits, targets) -> (B, *E)`` is applied as given (e.g.
+    several numbers per variant; the engine's outputs then gain the ``E`` dims).
     """
+    if callable(score):
+        return score(logits, targets)
     if score == "accuracy":
         return (logits.argmax(dim=1) == targets).to(logits.dtype)
     if score in ("confidence", "probability"):
@@ -42,7 +46,12 @@ def scores_from_logits(logits: Tensor, targets: Tensor, score: str) -> Tensor:
 
 
 def make_baseline(
-    images: Tensor, baseline: float | str | Tensor = 0.0, *, generator: torch.Generator | None = None
+    images: Tensor,
+    baseline: float | str | Tensor = 0.0,
+    *,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    indices: Tensor | None = None,
 ) -> Tensor:
     """The fill value for removed positions, broadcastable to ``images (N, *S)``.
 
@@ -51,6 +60,11 @@ def make_baseline(
     Quantus's "black"). ``"blur"``: Gaussian blur (σ = 5 px, images only).
     ``"uniform"``: U[min, max] of each sample. ``"noise"``: ``x + N(0, 0.1²)``.
     A tensor is used as given (must broadcast to ``images``).
+
+    Random baselines draw from ``generator`` when given; with ``seed`` they
+    draw per sample from generators seeded by ``(seed, indices[i])``
+    (``indices`` defaults to ``arange(N)``), so the fill of a sample does not
+    depend on the batch it is in.
     """
     if isinstance(baseline, Tensor):
         try:
@@ -75,17 +89,42 @@ def make_baseline(
         return gaussian_blur(images, sigma=5.0)
     if baseline == "uniform":
         lo, hi = flat.amin(1).view(view), flat.amax(1).view(view)
-        u = torch.rand(images.shape, generator=generator, device="cpu").to(images)
-        return lo + (hi - lo) * u
+        return lo + (hi - lo) * _draw(images, "uniform", generator, seed, indices)
     if baseline == "noise":
-        eps = torch.randn(images.shape, generator=generator, device="cpu").to(images)
-        return images + 0.1 * eps
-    raise ValueError(f"baseline={baseline!r} is unknown; use a number, a tensor or one of {list(BASELINES)}")
+        return images + 0.1 * _draw(images, "normal", generator, seed, indices)
+    raise ValueError(
+        f"baseline={baseline!r} is unknown; use a number, a tensor or one of {list(BASELINES)}"
+    )
 
 
-def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of ``(N, C, H, W)`` with reflect padding (kernel 4σ+1)."""
-    radius = max(1, int(2 * sigma))
+def _draw(
+    images: Tensor,
+    kind: str,
+    generator: torch.Generator | None,
+    seed: int | None,
+    indices: Tensor | None,
+) -> Tensor:
+    """Random tensor shaped like ``images``: per-sample when ``seed`` is given, else from ``generator``."""
+    if seed is not None:
+        from xaibench.metrics.seeding import per_sample_rand, sample_indices
+
+        idx = sample_indices(images.shape[0], indices)
+        return per_sample_rand(
+            seed, idx, tuple(images.shape[1:]), kind=kind, dtype=images.dtype
+        ).to(images)
+    draw = torch.rand if kind == "uniform" else torch.randn
+    return draw(images.shape, generator=generator, device="cpu").to(images)
+
+
+def gaussian_blur(images: Tensor, sigma: float, *, kernel_size: int | None = None) -> Tensor:
+    """Separable Gaussian blur of ``(N, C, H, W)`` with reflect padding.
+
+    The kernel has ``4σ+1`` taps, or ``kernel_size`` (odd) when given, which
+    then matches ``torchvision.transforms.GaussianBlur(kernel_size, sigma)``.
+    """
+    if kernel_size is not None and (kernel_size < 1 or kernel_size % 2 == 0):
+        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
+    radius = max(1, int(2 * sigma)) if kernel_size is None else kernel_size // 2
     x = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
     k = torch.exp(-(x**2) / (2 * sigma**2))
     k = k / k.sum()
@@ -108,7 +147,9 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def forward_chunks(model: nn.Module, inputs: Callable[[slice], Tensor], total: int, batch_size: int) -> Tensor:
+def forward_chunks(
+    model: nn.Module, inputs: Callable[[slice], Tensor], total: int, batch_size: int
+) -> Tensor:
     """Logits for ``total`` rows produced lazily by ``inputs(slice)``, ``batch_size`` at a time."""
     outs = []
     with torch.inference_mode():
@@ -127,27 +168,133 @@ def evaluate_variants(
     fill: Tensor,
     score: str = "accuracy",
     batch_size: int = 256,
+    keys: Tensor | None = None,
 ) -> Tensor:
     """Score every variant ``(i, k)``, ``k < num_steps``, of every image; returns ``(N, K)``.
 
     ``keep_fn`` builds the keep-masks of one chunk of (sample, step) pairs;
     ``fill`` is :func:`make_baseline`'s output. The model's train/eval state is
     not touched: put it in eval mode before calling.
+
+    ``keys`` ``(N, K)`` int64, optional: variants of one sample with equal keys
+    are declared identical (same keep-mask) and evaluated once; the caller
+    guarantees that equal keys mean equal masks (e.g. the ``[start, stop)``
+    rank range of :func:`evaluate_ranges`).
     """
     n = images.shape[0]
-    total = n * num_steps
     sample_idx = torch.arange(n, device=images.device).repeat_interleave(num_steps)
     step_idx = torch.arange(num_steps, device=images.device).repeat(n)
-    fill_full = fill.expand_as(images) if fill.shape[0] == n else None
+    if n * num_steps == 0:
+        return images.new_empty((n, num_steps))
+    if keys is None:
+        flat = _score_pairs(
+            model, images, targets, keep_fn, sample_idx, step_idx, fill, score, batch_size
+        )
+        return flat.view(n, num_steps, *flat.shape[1:])
+    if keys.shape != (n, num_steps):
+        raise ValueError(f"keys {tuple(keys.shape)} must be (N, K) = ({n}, {num_steps})")
+    rows = torch.stack([sample_idx, keys.to(sample_idx.device).reshape(-1)], dim=1)
+    unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    # one representative step per unique (sample, key): the smallest step index
+    rep = torch.full((unique.shape[0],), num_steps, dtype=step_idx.dtype, device=step_idx.device)
+    rep = rep.scatter_reduce(0, inverse, step_idx, reduce="amin")
+    flat = _score_pairs(model, images, targets, keep_fn, unique[:, 0], rep, fill, score, batch_size)
+    return flat[inverse].view(n, num_steps, *flat.shape[1:])
+
+
+def count_unique_variants(keys: Tensor) -> int:
+    """Forward passes :func:`evaluate_variants` makes for ``keys (N, K)`` (distinct keys per row)."""
+    n, k = keys.shape
+    sample_idx = torch.arange(n, device=keys.device).repeat_interleave(k)
+    return int(torch.unique(torch.stack([sample_idx, keys.reshape(-1)], 1), dim=0).shape[0])
+
+
+def _score_pairs(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    keep_fn: KeepFn,
+    sample_idx: Tensor,
+    step_idx: Tensor,
+    fill: Tensor,
+    score: str,
+    batch_size: int,
+) -> Tensor:
+    """Scores ``(B,)`` of the variants named by the flat pairs ``(sample_idx, step_idx)``."""
+    n = images.shape[0]
+    # a callable fill(sample_idx, step_idx) -> (B, *S) gives per-variant fills (random baselines)
+    fill_full = None
+    if not callable(fill) and fill.dim() == images.dim() and fill.shape[0] == n:
+        fill_full = fill.expand_as(images)
 
     def build(sl: slice) -> Tensor:
         si, ki = sample_idx[sl], step_idx[sl]
         keep = keep_fn(si, ki)
         x = images[si]
-        f = fill_full[si] if fill_full is not None else fill
+        f = fill(si, ki) if callable(fill) else (fill_full[si] if fill_full is not None else fill)
         return torch.where(keep, x, f)
 
-    if total == 0:
-        return images.new_empty((n, num_steps))
-    logits = forward_chunks(model, build, total, batch_size)
-    return scores_from_logits(logits, targets[sample_idx], score).view(n, num_steps)
+    logits = forward_chunks(model, build, sample_idx.shape[0], batch_size)
+    return scores_from_logits(logits, targets[sample_idx], score)
+
+
+def descending_ranks(heatmaps: Tensor) -> Tensor:
+    """Rank of every position in its sample's stable descending order, shape of ``heatmaps``.
+
+    Args:
+        heatmaps: ``(N, *S')`` real values.
+
+    Returns:
+        ``(N, *S')`` int64 in ``[0, P)`` with ``P = prod(S')``: 0 is the largest
+        value; ties keep flattened (row-major) position order, earlier first.
+    """
+    flat = heatmaps.flatten(1)
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
+    return ranks.view(heatmaps.shape)
+
+
+def evaluate_ranges(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    ranks: Tensor,
+    ranges: Tensor,
+    *,
+    fill: Tensor,
+    score: str = "accuracy",
+    batch_size: int = 256,
+    dedup: bool = True,
+) -> Tensor:
+    """Score variants that keep a contiguous rank range ``[start, stop)`` of each heatmap.
+
+    Every threshold, top-k and bottom-k mask of a heatmap is such a range of
+    :func:`descending_ranks`, so equal ranges are equal masks: with ``dedup``
+    each distinct ``(sample, start, stop)`` is evaluated once.
+
+    Args:
+        model: classifier in eval mode, returning logits.
+        images: ``(N, *S)`` model inputs.
+        targets: ``(N,)`` int64 class indices.
+        ranks: ``(N, *S')`` from :func:`descending_ranks`, ``S'`` broadcastable to ``S``.
+        ranges: ``(N, V, 2)`` int64 ``[start, stop)`` with ``0 <= start <= stop <= P``.
+        fill: :func:`make_baseline` output.
+
+    Returns:
+        ``(N, V)`` scores.
+    """
+    n, v = ranges.shape[:2]
+    num_pos = ranks[0].numel()
+    start, stop = ranges[..., 0], ranges[..., 1]
+    tail = (1,) * (ranks.dim() - 1)
+
+    def keep_fn(si: Tensor, ki: Tensor) -> Tensor:
+        r = ranks[si]
+        a, b = start[si, ki].view(-1, *tail), stop[si, ki].view(-1, *tail)
+        return (r >= a) & (r < b)
+
+    keys = start * (num_pos + 1) + stop if dedup else None
+    return evaluate_variants(
+        model, images, targets, keep_fn, v, fill=fill, score=score, batch_size=batch_size, keys=keys
+    )
