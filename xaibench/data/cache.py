@@ -1,0 +1,69 @@
+"""Atomic, hash-keyed tensor caches (generated data, base checkpoints).
+
+Writes go to a temp file in the same folder and are renamed into place, so an
+interrupted write never leaves a half file under the final name. Loads use
+``torch.load(weights_only=True)``; a corrupt or stale file is reported with a
+warning and rebuilt, never silently used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def config_hash(obj: Any, length: int = 12) -> str:
+    """Stable short hash of a JSON-serialisable object (keys sorted)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` via a temp file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checked(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """Load a cache file written by :func:`cached`; ``None`` (with a warning) if corrupt or stale."""
+    if not path.exists():
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or unsafe content
+        warnings.warn(f"cache {path} is unreadable ({type(e).__name__}: {e}); rebuilding it", stacklevel=2)
+        return None
+    stored = obj.get("meta", {}).get("key") if isinstance(obj, dict) else None
+    if stored != json.loads(json.dumps(key, default=str)):
+        warnings.warn(f"cache {path} was built from another config; rebuilding it", stacklevel=2)
+        return None
+    return obj
+
+
+def cached(path: Path, key: dict[str, Any], build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Return the cache at ``path`` if valid for ``key``, else ``build()``, save and return it.
+
+    ``build`` returns a dict of tensors/plain values; ``meta.key`` is added.
+    """
+    obj = load_checked(path, key)
+    if obj is not None:
+        return obj
+    obj = build()
+    obj["meta"] = {**obj.get("meta", {}), "key": json.loads(json.dumps(key, default=str))}
+    atomic_save(obj, path)
+    return obj
