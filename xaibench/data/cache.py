@@ -26,6 +26,11 @@ def config_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
+def normalize_key(key: Any) -> Any:
+    """The JSON form of a cache key (tuples become lists), as stored in ``meta.key``."""
+    return json.loads(json.dumps(key, sort_keys=True, default=str))
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to ``path`` via a temp file and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,7 +54,7 @@ def load_checked(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
         warnings.warn(f"cache {path} is unreadable ({type(e).__name__}: {e}); rebuilding it", stacklevel=2)
         return None
     stored = obj.get("meta", {}).get("key") if isinstance(obj, dict) else None
-    if stored != json.loads(json.dumps(key, default=str)):
+    if stored != normalize_key(key):
         warnings.warn(f"cache {path} was built from another config; rebuilding it", stacklevel=2)
         return None
     return obj
@@ -64,6 +69,6 @@ def cached(path: Path, key: dict[str, Any], build: Callable[[], dict[str, Any]])
     if obj is not None:
         return obj
     obj = build()
-    obj["meta"] = {**obj.get("meta", {}), "key": json.loads(json.dumps(key, default=str))}
+    obj["meta"] = {**obj.get("meta", {}), "key": normalize_key(key)}
     atomic_save(obj, path)
     return obj

@@ -1,0 +1,100 @@
+"""train.py's pipeline: fast_dev_run on every dataset, base-classifier cache reuse, rebuild and resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from conftest import TINY_DIGITS
+from fixtures import make_cifar, make_cub, make_mnist
+from xaibench import pipeline
+from xaibench.data.cache import atomic_save
+
+
+@pytest.mark.parametrize(
+    ("dataset", "make", "extra"),
+    [
+        ("synthetic_digits", None, ["dataset.n_train=64", "dataset.n_val=16", "dataset.n_test=16"]),
+        ("synthetic_mnist", make_mnist, ["dataset.n_train=64", "dataset.n_val=16", "dataset.n_test=16"]),
+        ("cifar10", make_cifar, ["dataset.val_size=20", "dataset.num_workers=0"]),
+        ("cub200", make_cub, ["dataset.image_size=64", "dataset.num_workers=0"]),
+    ],
+)
+def test_fast_dev_run_every_dataset(cfg_factory, tmp_path, dataset, make, extra):
+    overrides = [f"dataset={dataset}", "model.net.width=0.125", "++trainer.fast_dev_run=true", *extra]
+    if make is not None:
+        make(tmp_path / "fixture")
+        overrides.append(f"paths.data_dir={tmp_path / 'fixture'}")
+    cfg = cfg_factory(overrides)
+    summary = pipeline.train(cfg)
+    assert 0.0 <= summary["base_classifier"]["test_acc"] <= 1.0
+    assert not (tmp_path / "cache" / "base").exists() or not list((tmp_path / "cache" / "base").glob("*.pt"))
+    out = tmp_path / "out"
+    assert json.loads((out / "summary.json").read_text())["dataset"] == dataset
+    assert json.loads((out / "split.json").read_text())["test"]["size"] > 0
+
+
+def test_base_cache_is_reused_then_rebuilt_when_corrupt(cfg_factory, tmp_path):
+    cfg = cfg_factory(TINY_DIGITS)
+    first = pipeline.train(cfg)["base_classifier"]
+    assert first["cached"] is False
+    path = pipeline.base_checkpoint_path(cfg, pipeline.build_datamodule(cfg))
+    assert path.exists() and not path.with_suffix(".work").exists()
+    second = pipeline.train(cfg)["base_classifier"]
+    assert second["cached"] is True and second["test_acc"] == first["test_acc"]
+    path.write_bytes(b"\x00garbage")
+    with pytest.warns(UserWarning, match="unreadable"):
+        third = pipeline.train(cfg)["base_classifier"]
+    assert third["cached"] is False
+    obj = torch.load(path, weights_only=True)
+    obj["meta"]["key"] = {"something": "else"}
+    atomic_save(obj, path)
+    with pytest.warns(UserWarning, match="another config"):
+        assert pipeline.train(cfg)["base_classifier"]["cached"] is False
+
+
+def test_cache_key_changes_with_hparams(cfg_factory):
+    a = cfg_factory(TINY_DIGITS)
+    b = cfg_factory([*TINY_DIGITS, "model.optimizer.lr=0.01"])
+    c = cfg_factory([*TINY_DIGITS, "seed=1"])
+    paths = {pipeline.base_checkpoint_path(x, pipeline.build_datamodule(x)) for x in (a, b, c)}
+    assert len(paths) == 3
+
+
+def test_frozen_base_has_no_gradients(cfg_factory):
+    cfg = cfg_factory(TINY_DIGITS)
+    dm = pipeline.build_datamodule(cfg)
+    dm.setup()
+    net, _ = pipeline.base_classifier(cfg, dm)
+    assert not net.training and not any(p.requires_grad for p in net.parameters())
+
+
+class _Crash(pl.Callback):
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+
+
+def test_interrupted_training_resumes_from_last_checkpoint(cfg_factory, monkeypatch, caplog):
+    cfg = cfg_factory([*TINY_DIGITS, "model.max_epochs=2"])
+    real = pipeline.build_trainer
+    monkeypatch.setattr(pipeline, "build_trainer", lambda c, **kw: real(c, **{**kw, "callbacks": [*kw["callbacks"], _Crash()]}))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pipeline.train(cfg)
+    path = pipeline.base_checkpoint_path(cfg, pipeline.build_datamodule(cfg))
+    assert (path.with_suffix(".work") / "last.ckpt").exists() and not path.exists()
+    monkeypatch.setattr(pipeline, "build_trainer", real)
+    with caplog.at_level(logging.INFO, logger="xaibench.pipeline"):
+        base = pipeline.train(cfg)["base_classifier"]
+    assert "resuming base classifier training" in caplog.text
+    assert base["cached"] is False and path.exists() and not path.with_suffix(".work").exists()
+
+
+def test_optimized_metric_lookup():
+    assert pipeline.lookup_metric({"a": {"b": 0.5}}, "a.b") == 0.5
+    with pytest.raises(ValueError, match="optimized_metric='a.c'"):
+        pipeline.lookup_metric({"a": {"b": 0.5}}, "a.c")

@@ -1,0 +1,142 @@
+"""What ``train.py`` runs: data → cached base classifier → explainer → evaluation.
+
+The entry point only composes the config; every step lives here so tests and
+notebooks can call it too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from xaibench.data import XaiDataModule
+from xaibench.data.cache import atomic_save, config_hash, load_checked, normalize_key
+
+log = logging.getLogger(__name__)
+
+DATASET_META_KEYS = ("name", "stem")  # dataset-config keys that describe, not construct
+
+
+def build_datamodule(cfg: DictConfig) -> XaiDataModule:
+    """Instantiate ``cfg.dataset`` (minus its metadata keys)."""
+    ds = OmegaConf.to_container(cfg.dataset, resolve=True)
+    for k in DATASET_META_KEYS:
+        ds.pop(k, None)  # type: ignore[union-attr]
+    return instantiate(ds)
+
+
+def build_loggers(cfg: DictConfig) -> list[pl.loggers.Logger]:
+    """Instantiate every logger under ``cfg.logger`` (none if empty)."""
+    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c]
+
+
+def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
+    """Instantiate ``cfg.trainer`` with per-stage overrides (max_epochs, callbacks, logger)."""
+    return instantiate(cfg.trainer, **overrides)
+
+
+def base_cache_key(cfg: DictConfig, dm: XaiDataModule) -> dict[str, Any]:
+    """What determines the base classifier: data, model config (incl. training hparams), seed."""
+    return {"data": dm.cache_key(), "model": OmegaConf.to_container(cfg.model, resolve=True), "seed": int(cfg.seed)}
+
+
+def base_checkpoint_path(cfg: DictConfig, dm: XaiDataModule) -> Path:
+    """``<cache_dir>/base/<dataset>-<hash of base_cache_key>.pt``."""
+    return Path(cfg.paths.cache_dir).expanduser() / "base" / f"{dm.name}-{config_hash(base_cache_key(cfg, dm))}.pt"
+
+
+def freeze(net: nn.Module) -> nn.Module:
+    """Eval mode and no gradients for every parameter (the frozen base classifier)."""
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+def _train_base(cfg: DictConfig, dm: XaiDataModule, module: pl.LightningModule, path: Path) -> dict[str, Any]:
+    """Train the classifier, resuming from ``<path>.work/last.ckpt`` if an earlier run was interrupted."""
+    work = path.with_suffix(".work")
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=work, filename="latest", save_last=True, save_top_k=1, every_n_epochs=1)
+    trainer = build_trainer(cfg, max_epochs=module.max_epochs, callbacks=[ckpt], logger=build_loggers(cfg))
+    resume = work / "last.ckpt"
+    if resume.exists():
+        log.info("resuming base classifier training from %s", resume)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume.exists() else None, weights_only=True)
+    if trainer.interrupted:
+        raise KeyboardInterrupt(f"base classifier training interrupted; rerun the same command to resume from {resume}")
+    test = trainer.test(module, datamodule=dm, verbose=False)
+    info = {"test_acc": float(test[0]["test/acc"]), "epochs": module.max_epochs}
+    if trainer.fast_dev_run:
+        log.warning("fast_dev_run: the base classifier saw one batch and is NOT cached")
+        return info
+    if trainer.is_global_zero:
+        state = {k: v.detach().cpu() for k, v in module.net.state_dict().items()}
+        atomic_save({"state_dict": state, "meta": {"key": normalize_key(base_cache_key(cfg, dm)), **info}}, path)
+        shutil.rmtree(work, ignore_errors=True)
+    trainer.strategy.barrier()
+    return info
+
+
+def base_classifier(cfg: DictConfig, dm: XaiDataModule, *, train_if_missing: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """The frozen base classifier for (dataset, model, seed): from cache, else trained and cached.
+
+    Returns:
+        The network (eval mode, no gradients) and ``{"test_acc", "cached", "path", ...}``.
+    """
+    module = instantiate(cfg.model)  # validates width/stem before any work
+    path = base_checkpoint_path(cfg, dm)
+    key = base_cache_key(cfg, dm)
+    obj = load_checked(path, key)
+    if obj is not None:
+        module.net.load_state_dict(obj["state_dict"])
+        info = {k: v for k, v in obj["meta"].items() if k != "key"}
+        info["cached"] = True
+        log.info("base classifier from cache %s (test acc %.4f)", path, info.get("test_acc", float("nan")))
+    elif not train_if_missing:
+        raise FileNotFoundError(f"no cached base classifier at {path}; run `python train.py` with the same dataset/model/seed first")
+    else:
+        log.info("training base classifier -> %s", path)
+        info = {**_train_base(cfg, dm, module, path), "cached": False}
+    info["path"] = str(path)
+    return freeze(module.net), info
+
+
+def write_json(obj: Any, path: Path) -> None:
+    """Pretty JSON (atomic enough for run outputs: written once per run)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one row of a table; returns the summary dict (also written to ``summary.json``)."""
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    out = Path(cfg.paths.output_dir)
+    dm = build_datamodule(cfg)
+    dm.setup()  # a missing dataset fails here, before any training
+    write_json(dm.split_info(), out / "split.json")
+    net, base = base_classifier(cfg, dm)
+    summary: dict[str, Any] = {
+        "dataset": cfg.dataset.name, "explainer": cfg.explainer.name, "seed": int(cfg.seed),
+        "base_classifier": base, "output_dir": str(out),
+    }
+    write_json(summary, out / "summary.json")
+    log.info("base classifier test accuracy %.4f (%s)", base["test_acc"], "cached" if base["cached"] else "trained")
+    return summary
+
+
+def lookup_metric(summary: dict[str, Any], key: str) -> float:
+    """``summary["a"]["b"]`` for ``key="a.b"`` (the value a sweeper optimises)."""
+    node: Any = summary
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ValueError(f"optimized_metric={key!r} is not in the run summary; top-level keys: {sorted(summary)}")
+        node = node[part]
+    return float(node)
