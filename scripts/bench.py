@@ -2,7 +2,7 @@
 
 Run ``python scripts/bench.py`` (``make bench``) or ``--quick`` for a smoke run.
 Sections (one function each; ``scripts/bench_explainers.py``'s
-``bench_explainers(quick)`` runs too when that module exists):
+``bench_explainers(device=...)`` runs too, except with ``--quick``, when that module exists):
 
 * ``bench_paper``: the LAX paper's columns (MSI + insertion/deletion in value
   and percent modes) on one shared call: forward passes without sharing, with
@@ -242,7 +242,7 @@ def _explainer_section() -> Callable[[bool], None] | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run every section; ``--quick`` uses tiny sizes and skips the width-1 model."""
+    """Run every section; ``--quick`` uses tiny sizes and skips the width-1 model and explainers."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (tests)")
     parser.add_argument("--no-quantus", action="store_true", help="skip the Quantus comparison")
@@ -265,8 +265,8 @@ def main(argv: list[str] | None = None) -> None:
         bench_paper(big, 0.1 if device == "cuda" else 0.25, device)
         bench_pixel_flipping(big, 6272 if device == "cuda" else 12544, device, quantus_ok)
     explainers = _explainer_section()
-    if explainers is not None:
-        explainers(args.quick)
+    if explainers is not None and not args.quick:
+        explainers(device=device)
 
 
 if __name__ == "__main__":

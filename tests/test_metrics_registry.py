@@ -14,11 +14,10 @@ from xaibench.metrics import METRICS, get_metric, list_metrics, metric_direction
 from xaibench.models import resnet18
 
 CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs", "metric").glob("*.yaml"))
-FAST = {
-    "msi": {"step": 0.1},
-    "paper": {"step": 0.1},
-    "insertion_deletion": {"step": 0.1},
-    "ffidelity": {"step": 0.5, "num_masks": 2},
+# tiny calls for metrics registered without `smoke=` kwargs (their defaults are paper-scale)
+FALLBACK_SMOKE = {
+    "monotonicity_correlation": {"features_in_step": 64, "nr_samples": 3},
+    "faithfulness_correlation": {"nr_runs": 10},
 }
 
 
@@ -34,7 +33,7 @@ def batch():
 
 def _inputs(name, batch):
     model, images, heatmaps, targets, masks = batch
-    kw = dict(FAST.get(name, {}))
+    kw = dict(METRICS.meta(name).get("smoke") or FALLBACK_SMOKE.get(name, {}))
     if "masks" in METRICS.meta(name)["needs"]:
         kw["masks"] = masks
     return (model, images, heatmaps, targets), kw

@@ -25,7 +25,10 @@ from xaibench.metrics.seeding import counter_uniform, sample_indices
 
 
 @register_metric(
-    "ffidelity", higher_is_better={"ffid_plus": True, "ffid_minus": False}, random=True
+    "ffidelity",
+    higher_is_better={"ffid_plus": True, "ffid_minus": False},
+    random=True,
+    smoke={"step": 0.5, "num_masks": 2},
 )
 def ffidelity(
     model: nn.Module,

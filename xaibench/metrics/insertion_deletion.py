@@ -75,7 +75,7 @@ def plan_insertion_deletion(
     return RangePlan(torch.cat([insertion, deletion, clean], dim=1), finish)
 
 
-@register_metric("insertion_deletion", higher_is_better=DIRECTIONS)
+@register_metric("insertion_deletion", higher_is_better=DIRECTIONS, smoke={"step": 0.1})
 def insertion_deletion(
     model: nn.Module,
     images: Tensor,

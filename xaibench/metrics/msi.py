@@ -77,7 +77,11 @@ def plan_msi(heatmaps: Tensor, *, alpha_min: float = 0.5, step: float = 0.02) ->
     return RangePlan(torch.cat([show, hide, complement], dim=1), finish)
 
 
-@register_metric("msi", higher_is_better={"msi": True, "base_score": True, "mask_penalty": False})
+@register_metric(
+    "msi",
+    higher_is_better={"msi": True, "base_score": True, "mask_penalty": False},
+    smoke={"step": 0.1},
+)
 def msi(
     model: nn.Module,
     images: Tensor,

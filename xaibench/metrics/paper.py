@@ -47,7 +47,7 @@ def plan_paper(
     ]
 
 
-@register_metric("paper", higher_is_better=PAPER_DIRECTIONS)
+@register_metric("paper", higher_is_better=PAPER_DIRECTIONS, smoke={"step": 0.1})
 def paper_columns(
     model: nn.Module,
     images: Tensor,

@@ -27,6 +27,7 @@ def register_metric(
     needs: tuple[str, ...] = (),
     random: bool = False,
     nan_when: str | None = None,
+    smoke: Mapping[str, object] | None = None,
 ) -> Callable[[MetricFn], MetricFn]:
     """Decorator registering a metric function under ``name``.
 
@@ -39,6 +40,8 @@ def register_metric(
         random: whether it draws random numbers (takes ``seed=`` and ``indices=``).
         nan_when: when a value is undefined and returned as NaN (e.g. "constant
             heatmap"); ``None`` promises finite values on valid, non-degenerate input.
+        smoke: keyword arguments for a tiny, fast call (the registry contract test
+            uses them on a 3×16×16 batch).
     """
     directions = (
         dict(higher_is_better)
@@ -46,8 +49,9 @@ def register_metric(
         else {name: higher_is_better}
     )
     return METRICS.register(
-        name, directions=directions, needs=tuple(needs), random=random, nan_when=nan_when
-    )
+        name, directions=directions, needs=tuple(needs), random=random, nan_when=nan_when,
+        smoke=dict(smoke or {}),
+    )  # fmt: skip
 
 
 def get_metric(name: str) -> MetricFn:
