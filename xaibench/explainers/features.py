@@ -51,8 +51,18 @@ def feature_mask(
         lo = x.amin(dim=(1, 2, 3), keepdim=True)
         x = (x - lo) / (x.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp_min(1e-12)
         arr = x.permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, C) for scikit-image
+        # RGB in [0, 1] without Lab conversion; compactness 1 balances colour and
+        # space at that scale (scikit-image 0.26 returns a single segment on
+        # small images with its Lab default)
         segs = [
-            slic(a, n_segments=n_segments, compactness=10.0, start_label=0, channel_axis=-1)
+            slic(
+                a,
+                n_segments=n_segments,
+                compactness=1.0,
+                convert2lab=False,
+                start_label=0,
+                channel_axis=-1,
+            )
             for a in arr
         ]  # scikit-image segments one image at a time
         return torch.from_numpy(np.stack(segs)).long().unsqueeze(1).to(images.device)
