@@ -6,6 +6,10 @@ chunk by chunk (never all at once), streamed through the model under
 ``torch.inference_mode()`` and reduced to one score per variant, so the cost is
 the forward passes and little else.
 
+Variants that a caller declares identical (equal ``keys``; for threshold and
+top-k masks, equal rank ranges, see :func:`evaluate_ranges`) are evaluated
+once, so metrics planned together share their common perturbed inputs.
+
 Shapes: images ``(N, *S)`` (``S = (C, H, W)`` for images, ``(D,)`` for tabular
 rows); keep-masks ``(N, K, *S')`` with ``S'`` broadcastable to ``S`` (e.g.
 ``(1, H, W)`` for a heatmap broadcast over channels); scores ``(N, K)``.
