@@ -104,7 +104,7 @@ def msi(
         images: ``(N, C, H, W)`` model inputs (or any ``(N, *S)``).
         heatmaps: ``(N, 1, H, W)`` (broadcast over channels) or ``images.shape``, in ``[0, 1]``.
         targets: ``(N,)`` class indices (labels).
-        alpha_min: importance threshold in ``(0, 1)`` (paper: 0.5; CUB 0.4).
+        alpha_min: importance threshold in ``(0, 1)`` (paper: 0.5; CIFAR-10, Table 5: 0.4).
         step: α grid spacing; must divide ``1 - alpha_min``.
         score: ``"accuracy"`` (paper) or ``"confidence"`` (softmax probability of the target).
         target: ``"label"`` to score ``targets``; ``"predicted"`` for the model's predictions.
