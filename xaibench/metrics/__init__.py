@@ -5,6 +5,7 @@ Every registered metric has the call shape
 importing this package registers them (``list_metrics()``).
 """
 
+from xaibench.metrics import faithfulness  # noqa: F401  (registers the ten faithfulness metrics)
 from xaibench.metrics.checks import (
     check_alpha_min,
     check_heatmaps,
@@ -40,8 +41,6 @@ from xaibench.metrics.registry import (
     register_metric,
 )
 from xaibench.metrics.seeding import counter_uniform, per_sample_rand, sample_generator, sample_seed
-
-from xaibench.metrics import faithfulness  # noqa: E402,F401  (registers the ten faithfulness metrics)
 
 __all__ = [
     "METRICS",
