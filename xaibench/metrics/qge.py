@@ -157,6 +157,9 @@ def quality_gaps(
     """A metric-shaped wrapper for configs: ``{key, key_inverse, qge_<key>[, random_gap_<key>]}`` ``(N,)``.
 
     ``k > 0`` adds the random gap over ``k`` permutations (per-sample seeded).
+    ``qge_<key>`` and ``random_gap_<key>`` share ``key``'s direction
+    (:func:`~xaibench.metrics.registry.metric_direction`); ``seed`` and
+    ``indices`` seed the permutations and are not passed to the metric.
     """
     fn, key = _resolve(metric, key)
     q = _quality(fn, key, model, images, heatmaps, targets, **kw)
