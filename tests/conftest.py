@@ -17,7 +17,9 @@ os.environ.setdefault("XAIBENCH_ROOT", str(ROOT))
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
-def compose_cfg(tmp_path: Path, overrides: list[str], config_name: str = "train.yaml") -> DictConfig:
+def compose_cfg(
+    tmp_path: Path, overrides: list[str], config_name: str = "train.yaml"
+) -> DictConfig:
     """Compose the real configs with outputs, data and caches under ``tmp_path``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
@@ -34,13 +36,21 @@ def compose_cfg(tmp_path: Path, overrides: list[str], config_name: str = "train.
 
 
 # tiny sizes that make any synthetic run take a second
-TINY_DIGITS = ["dataset.n_train=64", "dataset.n_val=32", "dataset.n_test=32", "dataset.batch_size=32",
-               "model.net.width=0.125", "model.net.stem=stride2", "model.max_epochs=1"]
+TINY_DIGITS = [
+    "dataset.n_train=64",
+    "dataset.n_val=32",
+    "dataset.n_test=32",
+    "dataset.batch_size=32",
+    "model.net.width=0.125",
+    "model.net.stem=stride2",
+    "model.max_epochs=1",
+]
 
 
 @pytest.fixture
 def cfg_factory(tmp_path):
     """``cfg_factory(overrides, config_name="train.yaml")`` → composed config under tmp_path."""
+
     def make(overrides: list[str], config_name: str = "train.yaml") -> DictConfig:
         return compose_cfg(tmp_path, overrides, config_name)
 
@@ -74,7 +84,7 @@ def trained_digits(tmp_path_factory):
     for p in net.parameters():
         p.requires_grad_(False)
     test = dm.splits["test"]
-    xs, ys, _, ms = zip(*[test[i] for i in range(len(test))])
+    xs, ys, _, ms = zip(*[test[i] for i in range(len(test))], strict=True)
     x, y, m = torch.stack(xs), torch.stack(ys), torch.stack(ms)
     with torch.no_grad():
         acc = (net(x).argmax(1) == y).float().mean().item()

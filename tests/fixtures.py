@@ -18,8 +18,12 @@ def make_cifar(root: Path, n_per_batch: int = 20, seed: int = 0) -> Path:
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         labels = [int(v) for v in rng.integers(0, 10, n_per_batch)]
         data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
-        obj = {b"batch_label": name.encode(), b"labels": labels, b"data": data,
-               b"filenames": [f"img_{i}.png".encode() for i in range(n_per_batch)]}
+        obj = {
+            b"batch_label": name.encode(),
+            b"labels": labels,
+            b"data": data,
+            b"filenames": [f"img_{i}.png".encode() for i in range(n_per_batch)],
+        }
         with open(folder / name, "wb") as f:
             pickle.dump(obj, f, protocol=2)
     with open(folder / "batches.meta", "wb") as f:
@@ -27,7 +31,9 @@ def make_cifar(root: Path, n_per_batch: int = 20, seed: int = 0) -> Path:
     return root
 
 
-def make_cub(root: Path, n_classes: int = 25, per_class: int = 4, size: int = 40, seed: int = 0) -> Path:
+def make_cub(
+    root: Path, n_classes: int = 25, per_class: int = 4, size: int = 40, seed: int = 0
+) -> Path:
     """``<root>/CUB_200_2011`` with ``n_classes`` × ``per_class`` small JPEGs (half train, half test)."""
     from PIL import Image
 
@@ -47,8 +53,12 @@ def make_cub(root: Path, n_classes: int = 25, per_class: int = 4, size: int = 40
             lines["labels"].append(f"{i} {c}")
             lines["split"].append(f"{i} {int(k % 2 == 0)}")
             lines["boxes"].append(f"{i} 5.0 6.0 20.0 15.0")
-    for key, fname in [("images", "images.txt"), ("labels", "image_class_labels.txt"),
-                       ("split", "train_test_split.txt"), ("boxes", "bounding_boxes.txt")]:
+    for key, fname in [
+        ("images", "images.txt"),
+        ("labels", "image_class_labels.txt"),
+        ("split", "train_test_split.txt"),
+        ("boxes", "bounding_boxes.txt"),
+    ]:
         (folder / fname).write_text("\n".join(lines[key]) + "\n")
     return root
 
@@ -63,7 +73,9 @@ def _idx(path: Path, arr: np.ndarray, gz: bool) -> None:
         path.write_bytes(blob)
 
 
-def make_mnist(root: Path, n_train: int = 60, n_test: int = 30, gz: bool = True, seed: int = 0) -> Path:
+def make_mnist(
+    root: Path, n_train: int = 60, n_test: int = 30, gz: bool = True, seed: int = 0
+) -> Path:
     """``<root>/MNIST/raw`` with the four IDX files (random strokes)."""
     rng = np.random.default_rng(seed)
     folder = root / "MNIST" / "raw"

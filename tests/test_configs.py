@@ -72,8 +72,10 @@ def test_unknown_dataset_is_a_clear_error(cfg_factory):
         cfg_factory(["dataset=imagenet"])
 
 
-@pytest.mark.parametrize(("override", "msg"), [("model.net.width=0", "model.width=0"),
-                                              ("model.net.stem=vit", "model.stem='vit' is unknown")])
+@pytest.mark.parametrize(
+    ("override", "msg"),
+    [("model.net.width=0", "model.width=0"), ("model.net.stem=vit", "model.stem='vit' is unknown")],
+)
 def test_bad_model_values_are_clear(cfg_factory, override, msg):
     cfg = cfg_factory([override])
     with pytest.raises(Exception, match=msg):

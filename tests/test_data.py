@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from fixtures import make_cifar, make_cub, make_malicious_cifar, make_mnist
+
 from xaibench.data import (
     Cifar10DataModule,
     Cub200DataModule,
@@ -103,8 +103,11 @@ def test_cub200_reads_official_format_with_20_classes(tmp_path):
 
 @pytest.mark.parametrize(
     ("cls", "folder"),
-    [(Cifar10DataModule, "cifar-10-batches-py"), (Cub200DataModule, "CUB_200_2011"),
-     (SyntheticMnistDataModule, "train-images-idx3-ubyte")],
+    [
+        (Cifar10DataModule, "cifar-10-batches-py"),
+        (Cub200DataModule, "CUB_200_2011"),
+        (SyntheticMnistDataModule, "train-images-idx3-ubyte"),
+    ],
 )
 def test_missing_dataset_names_folder_and_files(tmp_path, cls, folder):
     with pytest.raises(DatasetNotFoundError) as e:
@@ -123,7 +126,10 @@ def test_malformed_cub_file_is_named(tmp_path):
 def test_malicious_cifar_pickle_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
     make_malicious_cifar(tmp_path, marker)
-    with pytest.raises(DatasetNotFoundError, match="refused to load global 'posix.system'|refused to load global 'os.system'"):
+    with pytest.raises(
+        DatasetNotFoundError,
+        match="refused to load global 'posix.system'|refused to load global 'os.system'",
+    ):
         load_cifar_batch(tmp_path / "cifar-10-batches-py" / "data_batch_1")
     with pytest.raises(DatasetNotFoundError, match="refused"):
         Cifar10DataModule(tmp_path).setup()

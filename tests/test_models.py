@@ -47,8 +47,12 @@ def test_every_relu_is_its_own_module():
 
 @pytest.mark.parametrize(
     ("kwargs", "msg"),
-    [({"width": 0}, "model.width=0"), ({"width": -1.0}, "model.width=-1.0"),
-     ({"stem": "vit"}, "model.stem='vit' is unknown"), ({"in_channels": 0}, "in_channels=0")],
+    [
+        ({"width": 0}, "model.width=0"),
+        ({"width": -1.0}, "model.width=-1.0"),
+        ({"stem": "vit"}, "model.stem='vit' is unknown"),
+        ({"in_channels": 0}, "in_channels=0"),
+    ],
 )
 def test_bad_arguments_are_clear(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
@@ -56,7 +60,9 @@ def test_bad_arguments_are_clear(kwargs, msg):
 
 
 def test_in_channels():
-    assert resnet18(3, width=0.125, stem="cifar", in_channels=1)(torch.rand(1, 1, 32, 32)).shape == (1, 3)
+    assert resnet18(3, width=0.125, stem="cifar", in_channels=1)(
+        torch.rand(1, 1, 32, 32)
+    ).shape == (1, 3)
 
 
 def test_classifier_module_rejects_bad_epochs():

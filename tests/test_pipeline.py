@@ -8,31 +8,51 @@ import logging
 import lightning.pytorch as pl
 import pytest
 import torch
-
 from conftest import TINY_DIGITS
 from fixtures import make_cifar, make_cub, make_mnist
+
 from xaibench import pipeline
 from xaibench.data.cache import atomic_save
+
+COARSE_METRICS = [
+    "metric.paper.step=0.1",
+    "metric.paper.percent_step=0.1",
+    "metric.paper.batch_size=512",
+]
 
 
 @pytest.mark.parametrize(
     ("dataset", "make", "extra"),
     [
         ("synthetic_digits", None, ["dataset.n_train=64", "dataset.n_val=16", "dataset.n_test=16"]),
-        ("synthetic_mnist", make_mnist, ["dataset.n_train=64", "dataset.n_val=16", "dataset.n_test=16"]),
+        (
+            "synthetic_mnist",
+            make_mnist,
+            ["dataset.n_train=64", "dataset.n_val=16", "dataset.n_test=16"],
+        ),
         ("cifar10", make_cifar, ["dataset.val_size=20", "dataset.num_workers=0"]),
         ("cub200", make_cub, ["dataset.image_size=64", "dataset.num_workers=0"]),
     ],
 )
 def test_fast_dev_run_every_dataset(cfg_factory, tmp_path, dataset, make, extra):
-    overrides = [f"dataset={dataset}", "model.net.width=0.125", "++trainer.fast_dev_run=true", *extra]
+    overrides = [
+        f"dataset={dataset}",
+        "model.net.width=0.125",
+        "++trainer.fast_dev_run=true",
+        "explainer=lax",
+        *COARSE_METRICS,
+        *extra,
+    ]
     if make is not None:
         make(tmp_path / "fixture")
         overrides.append(f"paths.data_dir={tmp_path / 'fixture'}")
     cfg = cfg_factory(overrides)
     summary = pipeline.train(cfg)
     assert 0.0 <= summary["base_classifier"]["test_acc"] <= 1.0
-    assert not (tmp_path / "cache" / "base").exists() or not list((tmp_path / "cache" / "base").glob("*.pt"))
+    assert -2.0 <= summary["test"]["lax"]["msi"]["mean"] <= 1.0
+    assert not (tmp_path / "cache" / "base").exists() or not list(
+        (tmp_path / "cache" / "base").glob("*.pt")
+    )
     out = tmp_path / "out"
     assert json.loads((out / "summary.json").read_text())["dataset"] == dataset
     assert json.loads((out / "split.json").read_text())["test"]["size"] > 0
@@ -82,7 +102,11 @@ class _Crash(pl.Callback):
 def test_interrupted_training_resumes_from_last_checkpoint(cfg_factory, monkeypatch, caplog):
     cfg = cfg_factory([*TINY_DIGITS, "model.max_epochs=2"])
     real = pipeline.build_trainer
-    monkeypatch.setattr(pipeline, "build_trainer", lambda c, **kw: real(c, **{**kw, "callbacks": [*kw["callbacks"], _Crash()]}))
+    monkeypatch.setattr(
+        pipeline,
+        "build_trainer",
+        lambda c, **kw: real(c, **{**kw, "callbacks": [*kw["callbacks"], _Crash()]}),
+    )
     with pytest.raises(RuntimeError, match="simulated crash"):
         pipeline.train(cfg)
     path = pipeline.base_checkpoint_path(cfg, pipeline.build_datamodule(cfg))
@@ -98,3 +122,52 @@ def test_optimized_metric_lookup():
     assert pipeline.lookup_metric({"a": {"b": 0.5}}, "a.b") == 0.5
     with pytest.raises(ValueError, match="optimized_metric='a.c'"):
         pipeline.lookup_metric({"a": {"b": 0.5}}, "a.c")
+
+
+def test_lax_end_to_end_with_gradcam_row_and_eval_py(cfg_factory, tmp_path):
+    cfg = cfg_factory(
+        [
+            *TINY_DIGITS,
+            "explainer=lax",
+            "explainer.max_epochs=2",
+            "explainer.module.val_samples=16",
+            "compare_with=[gradcam]",
+            *COARSE_METRICS,
+        ]
+    )
+    summary = pipeline.train(cfg)
+    out = tmp_path / "out"
+    assert set(summary["test"]) == {"lax", "gradcam"}
+    for col in (
+        "msi",
+        "base_score",
+        "mask_penalty",
+        "insertion_value",
+        "deletion_percent",
+        "fid_plus_value",
+        "pointing_game",
+    ):
+        assert col in summary["test"]["lax"], col
+    table = (out / "table.md").read_text()
+    assert "| lax |" in table and "| gradcam |" in table
+    rows = (out / "per_sample.csv").read_text().splitlines()
+    assert rows[0].startswith("index,") and len(rows) == 1 + 32
+    assert (out / "lax_head.pt").exists() and (out / "figures" / "overlays_compare.png").exists()
+    assert (out / "compare" / "gradcam" / "per_sample.csv").exists()
+    # eval.py reproduces the LAX row from the saved head on the cached classifier
+    ev = cfg_factory(
+        [*TINY_DIGITS, "explainer=lax", f"ckpt_path={out / 'lax_head.pt'}", *COARSE_METRICS],
+        "eval.yaml",
+    )
+    ev.paths.output_dir = str(tmp_path / "eval_out")
+    again = pipeline.evaluate_only(ev)["test"]["lax"]
+    assert again["msi"]["mean"] == pytest.approx(summary["test"]["lax"]["msi"]["mean"], abs=1e-9)
+
+
+def test_eval_py_needs_cached_base_and_head(cfg_factory):
+    cfg = cfg_factory([*TINY_DIGITS, "explainer=gradcam"], "eval.yaml")
+    with pytest.raises(FileNotFoundError, match="no cached base classifier"):
+        pipeline.evaluate_only(cfg)
+    cfg = cfg_factory([*TINY_DIGITS], "eval.yaml")
+    with pytest.raises(ValueError, match="eval.py needs an explainer"):
+        pipeline.evaluate_only(cfg)

@@ -27,7 +27,9 @@ class Registry(Generic[T]):
 
         def deco(obj: T) -> T:
             if name in self._items:
-                raise ValueError(f"{self.kind} {name!r} is already registered ({self._items[name]!r})")
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered ({self._items[name]!r})"
+                )
             self._items[name] = obj
             self._meta[name] = dict(meta)
             return obj
@@ -39,7 +41,9 @@ class Registry(Generic[T]):
         if name not in self._items:
             close = difflib.get_close_matches(str(name), self._items, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(self.names())}")
+            raise ValueError(
+                f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(self.names())}"
+            )
         return self._items[name]
 
     def meta(self, name: str) -> dict[str, Any]:

@@ -51,7 +51,9 @@ def load_checked(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, not a torch file, or unsafe content
-        warnings.warn(f"cache {path} is unreadable ({type(e).__name__}: {e}); rebuilding it", stacklevel=2)
+        warnings.warn(
+            f"cache {path} is unreadable ({type(e).__name__}: {e}); rebuilding it", stacklevel=2
+        )
         return None
     stored = obj.get("meta", {}).get("key") if isinstance(obj, dict) else None
     if stored != normalize_key(key):

@@ -86,8 +86,14 @@ class XaiDataModule(pl.LightningDataModule):
     # -- public ---------------------------------------------------------------
     def cache_key(self) -> dict[str, Any]:
         """What determines this module's data (not loader settings)."""
-        return {"dataset": self.name, "num_classes": self.num_classes, "image_size": self.image_size,
-                "seed": self.seed, "augment": self.augment, **self._data_key()}
+        return {
+            "dataset": self.name,
+            "num_classes": self.num_classes,
+            "image_size": self.image_size,
+            "seed": self.seed,
+            "augment": self.augment,
+            **self._data_key(),
+        }
 
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
@@ -96,13 +102,22 @@ class XaiDataModule(pl.LightningDataModule):
     def split_info(self) -> dict[str, Any]:
         """The recorded split: config key plus size and id hash of each split."""
         self.setup()
-        return {"key": self.cache_key(), **{s: {"size": len(self.splits[s]), "ids_sha": _ids_hash(self._split_ids[s])} for s in SPLITS}}
+        return {
+            "key": self.cache_key(),
+            **{
+                s: {"size": len(self.splits[s]), "ids_sha": _ids_hash(self._split_ids[s])}
+                for s in SPLITS
+            },
+        }
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
         return DataLoader(
-            self.splits[split], batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            self.splits[split],
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
             drop_last=False,
         )
 
@@ -117,7 +132,9 @@ class XaiDataModule(pl.LightningDataModule):
 
     def _check_labels(self, labels: Tensor) -> None:
         if len(labels) and int(labels.max()) >= self.num_classes:
-            raise ValueError(f"{self.name}: labels go up to {int(labels.max())} but dataset.num_classes={self.num_classes}")
+            raise ValueError(
+                f"{self.name}: labels go up to {int(labels.max())} but dataset.num_classes={self.num_classes}"
+            )
 
 
 class SyntheticDigitsDataModule(XaiDataModule):
@@ -130,8 +147,18 @@ class SyntheticDigitsDataModule(XaiDataModule):
     name = "synthetic_digits"
     has_masks = True
 
-    def __init__(self, data_dir: str | Path, num_classes: int = 10, image_size: int = 64, *, n_train: int = 12000,
-                 n_val: int = 1000, n_test: int = 2000, recipe: dict[str, Any] | None = None, **kw: Any) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        num_classes: int = 10,
+        image_size: int = 64,
+        *,
+        n_train: int = 12000,
+        n_val: int = 1000,
+        n_test: int = 2000,
+        recipe: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(data_dir, num_classes, image_size, **kw)
         for k, v in {"n_train": n_train, "n_val": n_val, "n_test": n_test}.items():
             if not isinstance(v, int) or v < 1:
@@ -174,9 +201,28 @@ class SyntheticMnistDataModule(SyntheticDigitsDataModule):
 
     name = "synthetic_mnist"
 
-    def __init__(self, data_dir: str | Path, num_classes: int = 10, image_size: int = 64, *, n_train: int = 50000,
-                 n_val: int = 5000, n_test: int = 10000, recipe: dict[str, Any] | None = None, **kw: Any) -> None:
-        super().__init__(data_dir, num_classes, image_size, n_train=n_train, n_val=n_val, n_test=n_test, recipe=recipe, **kw)
+    def __init__(
+        self,
+        data_dir: str | Path,
+        num_classes: int = 10,
+        image_size: int = 64,
+        *,
+        n_train: int = 50000,
+        n_val: int = 5000,
+        n_test: int = 10000,
+        recipe: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(
+            data_dir,
+            num_classes,
+            image_size,
+            n_train=n_train,
+            n_val=n_val,
+            n_test=n_test,
+            recipe=recipe,
+            **kw,
+        )
 
     def _sources(self) -> dict[str, tuple[Tensor, Tensor]]:
         tr_d, tr_l = sources.mnist(self.data_dir, "train")
@@ -197,7 +243,15 @@ class Cifar10DataModule(XaiDataModule):
 
     name = "cifar10"
 
-    def __init__(self, data_dir: str | Path, num_classes: int = 10, image_size: int = 32, *, val_size: int = 5000, **kw: Any) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        num_classes: int = 10,
+        image_size: int = 32,
+        *,
+        val_size: int = 5000,
+        **kw: Any,
+    ) -> None:
         super().__init__(data_dir, num_classes, image_size, **kw)
         self.val_size = int(val_size)
 
@@ -228,8 +282,16 @@ class Cub200DataModule(XaiDataModule):
     name = "cub200"
     has_masks = True
 
-    def __init__(self, data_dir: str | Path, num_classes: int = 20, image_size: int = 224, *, class_seed: int = 0,
-                 val_fraction: float = 0.1, **kw: Any) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        num_classes: int = 20,
+        image_size: int = 224,
+        *,
+        class_seed: int = 0,
+        val_fraction: float = 0.1,
+        **kw: Any,
+    ) -> None:
         super().__init__(data_dir, num_classes, image_size, **kw)
         if not 0 < val_fraction < 1:
             raise ValueError(f"dataset.val_fraction={val_fraction!r} must be in (0, 1)")
@@ -247,9 +309,13 @@ class Cub200DataModule(XaiDataModule):
         labels: Tensor = meta["labels"]  # type: ignore[assignment]
         present = labels.unique()
         if len(present) < self.num_classes:
-            raise ValueError(f"cub200: dataset.num_classes={self.num_classes} but only {len(present)} classes were found under {self.data_dir}")
+            raise ValueError(
+                f"cub200: dataset.num_classes={self.num_classes} but only {len(present)} classes were found under {self.data_dir}"
+            )
         g = torch.Generator().manual_seed(self.class_seed)
-        chosen = present[torch.randperm(len(present), generator=g)[: self.num_classes]].sort().values
+        chosen = (
+            present[torch.randperm(len(present), generator=g)[: self.num_classes]].sort().values
+        )
         self.classes = [int(c) for c in chosen]
         remap = torch.full((int(labels.max()) + 1,), -1, dtype=torch.long)
         remap[chosen] = torch.arange(self.num_classes)
@@ -259,13 +325,25 @@ class Cub200DataModule(XaiDataModule):
         te = torch.nonzero(keep & ~is_train).squeeze(1)
         n_val = max(1, int(round(self.val_fraction * len(tr_all))))
         if len(tr_all) <= n_val or len(te) == 0:
-            raise ValueError(f"cub200: too few images for a train/val/test split ({len(tr_all)} train, {len(te)} test)")
+            raise ValueError(
+                f"cub200: too few images for a train/val/test split ({len(tr_all)} train, {len(te)} test)"
+            )
         tr_pos, va_pos = _seeded_split(len(tr_all), n_val, self.seed)
         ids = {"train": tr_all[tr_pos], "val": tr_all[va_pos], "test": te}
         self._split_ids = ids
 
         def ds(idx: Tensor, augment: bool) -> CubDataset:
-            return CubDataset(meta["root"], [meta["paths"][i] for i in idx.tolist()], remap[labels[idx]],
-                              meta["boxes"][idx], size=self.image_size, augment=augment)  # type: ignore[index]
+            return CubDataset(
+                meta["root"],
+                [meta["paths"][i] for i in idx.tolist()],
+                remap[labels[idx]],
+                meta["boxes"][idx],
+                size=self.image_size,
+                augment=augment,
+            )  # type: ignore[index]
 
-        return {"train": ds(ids["train"], self.augment), "val": ds(ids["val"], False), "test": ds(ids["test"], False)}
+        return {
+            "train": ds(ids["train"], self.augment),
+            "val": ds(ids["val"], False),
+            "test": ds(ids["test"], False),
+        }

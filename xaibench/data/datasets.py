@@ -46,7 +46,15 @@ class TensorImageDataset(Dataset):
         size: resize to ``size``×``size`` (bilinear; masks nearest) if given.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, masks: Tensor | None = None, *, augment: bool = False, size: int | None = None) -> None:
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        masks: Tensor | None = None,
+        *,
+        augment: bool = False,
+        size: int | None = None,
+    ) -> None:
         self.images, self.labels, self.masks = images, labels.long(), masks
         self.augment, self.size = augment, size
 
@@ -57,9 +65,13 @@ class TensorImageDataset(Dataset):
         x = self.images[i].float() / 255.0
         m = self.masks[i] if self.masks is not None else None
         if self.size is not None and x.shape[-1] != self.size:
-            x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False)[0]
+            x = F.interpolate(
+                x[None], size=(self.size, self.size), mode="bilinear", align_corners=False
+            )[0]
             if m is not None:
-                m = F.interpolate(m[None].float(), size=(self.size, self.size), mode="nearest")[0].bool()
+                m = F.interpolate(m[None].float(), size=(self.size, self.size), mode="nearest")[
+                    0
+                ].bool()
         if self.augment and torch.rand(()) < 0.5:
             x = x.flip(-1)
             m = m.flip(-1) if m is not None else None
@@ -79,7 +91,16 @@ class CubDataset(Dataset):
         augment: random horizontal flips.
     """
 
-    def __init__(self, root: Path, paths: list[str], labels: Tensor, boxes: Tensor, *, size: int = 224, augment: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        paths: list[str],
+        labels: Tensor,
+        boxes: Tensor,
+        *,
+        size: int = 224,
+        augment: bool = False,
+    ) -> None:
         self.root, self.paths, self.labels, self.boxes = Path(root), paths, labels.long(), boxes
         self.size, self.augment = size, augment
 
@@ -95,14 +116,20 @@ class CubDataset(Dataset):
                 im = im.convert("RGB")
                 w0, h0 = im.size
                 im = im.resize((self.size, self.size), Image.BILINEAR)
-                x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(self.size, self.size, 3)
+                x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(
+                    self.size, self.size, 3
+                )
         except OSError as e:
-            raise FileNotFoundError(f"CUB image {path} could not be read ({e}); is the CUB_200_2011/images/ folder complete?") from e
+            raise FileNotFoundError(
+                f"CUB image {path} could not be read ({e}); is the CUB_200_2011/images/ folder complete?"
+            ) from e
         x = x.permute(2, 0, 1).float() / 255.0
         bx, by, bw, bh = self.boxes[i].tolist()
         sx, sy = self.size / w0, self.size / h0
         m = torch.zeros((1, self.size, self.size), dtype=torch.bool)
-        m[:, int(by * sy) : int(round((by + bh) * sy)), int(bx * sx) : int(round((bx + bw) * sx))] = True
+        m[
+            :, int(by * sy) : int(round((by + bh) * sy)), int(bx * sx) : int(round((bx + bw) * sx))
+        ] = True
         if self.augment and torch.rand(()) < 0.5:
             x, m = x.flip(-1), m.flip(-1)
         return x, self.labels[i], torch.tensor(i), m

@@ -12,7 +12,9 @@ class DatasetNotFoundError(FileNotFoundError):
     how to get them; nothing is downloaded.
     """
 
-    def __init__(self, name: str, looked_in: Path, expected: list[str], how_to_get: str, problem: str = "") -> None:
+    def __init__(
+        self, name: str, looked_in: Path, expected: list[str], how_to_get: str, problem: str = ""
+    ) -> None:
         files = "\n".join(f"    {looked_in / e}" for e in expected)
         detail = f"\n  problem: {problem}" if problem else ""
         super().__init__(

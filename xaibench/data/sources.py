@@ -29,7 +29,13 @@ CIFAR_DIR = "cifar-10-batches-py"
 CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 CIFAR_HOW = "download the CIFAR-10 python version (cifar-10-python.tar.gz) from https://www.cs.toronto.edu/~kriz/cifar.html and extract it into <data_dir>"
 CUB_DIR = "CUB_200_2011"
-CUB_FILES = ["images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt", "images/"]
+CUB_FILES = [
+    "images.txt",
+    "image_class_labels.txt",
+    "train_test_split.txt",
+    "bounding_boxes.txt",
+    "images/",
+]
 CUB_HOW = "download CUB_200_2011.tgz from https://www.vision.caltech.edu/datasets/cub_200_2011/ and extract it into <data_dir>"
 
 
@@ -76,13 +82,20 @@ def mnist(root: Path | str, split: str) -> tuple[Tensor, Tensor]:
     try:
         images, labels = (_read_idx(p) for p in paths)  # type: ignore[arg-type]
     except (OSError, ValueError) as e:
-        raise DatasetNotFoundError("synthetic_mnist", root, expected, MNIST_HOW, problem=str(e)) from e
+        raise DatasetNotFoundError(
+            "synthetic_mnist", root, expected, MNIST_HOW, problem=str(e)
+        ) from e
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DatasetNotFoundError(
-            "synthetic_mnist", root, expected, MNIST_HOW,
+            "synthetic_mnist",
+            root,
+            expected,
+            MNIST_HOW,
             problem=f"images {images.shape} and labels {labels.shape} do not match",
         )
-    return torch.from_numpy(images.copy()).float() / 255.0, torch.from_numpy(labels.astype(np.int64))
+    return torch.from_numpy(images.copy()).float() / 255.0, torch.from_numpy(
+        labels.astype(np.int64)
+    )
 
 
 # --------------------------------------------------------------------------- CIFAR-10
@@ -106,7 +119,9 @@ class _CifarUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):  # noqa: D102
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refused to load global '{module}.{name}': not a plain CIFAR type")
+        raise pickle.UnpicklingError(
+            f"refused to load global '{module}.{name}': not a plain CIFAR type"
+        )
 
 
 def load_cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
@@ -119,22 +134,46 @@ def load_cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
     root = path.parent.parent
     expected = [f"{CIFAR_DIR}/{f}" for f in CIFAR_FILES]
     if not path.is_file():
-        raise DatasetNotFoundError("cifar10", root, expected, CIFAR_HOW, problem=f"{path.name} missing")
+        raise DatasetNotFoundError(
+            "cifar10", root, expected, CIFAR_HOW, problem=f"{path.name} missing"
+        )
     try:
         with open(path, "rb") as f:
             obj = _CifarUnpickler(f, encoding="bytes").load()
     except pickle.UnpicklingError as e:
-        raise DatasetNotFoundError("cifar10", root, expected, CIFAR_HOW, problem=f"{path}: {e}") from e
+        raise DatasetNotFoundError(
+            "cifar10", root, expected, CIFAR_HOW, problem=f"{path}: {e}"
+        ) from e
     except Exception as e:  # truncated or not a pickle at all
         raise DatasetNotFoundError(
-            "cifar10", root, expected, CIFAR_HOW, problem=f"{path} is not a CIFAR batch ({type(e).__name__}: {e})"
+            "cifar10",
+            root,
+            expected,
+            CIFAR_HOW,
+            problem=f"{path} is not a CIFAR batch ({type(e).__name__}: {e})",
         ) from e
     if not isinstance(obj, dict):
-        raise DatasetNotFoundError("cifar10", root, expected, CIFAR_HOW, problem=f"{path} holds {type(obj).__name__}, not a dict")
-    data, labels = obj.get(b"data", obj.get("data")), obj.get(b"labels", obj.get("labels"))
-    if not isinstance(data, np.ndarray) or labels is None or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise DatasetNotFoundError(
-            "cifar10", root, expected, CIFAR_HOW, problem=f"{path} lacks data (M,3072) uint8 and matching labels"
+            "cifar10",
+            root,
+            expected,
+            CIFAR_HOW,
+            problem=f"{path} holds {type(obj).__name__}, not a dict",
+        )
+    data, labels = obj.get(b"data", obj.get("data")), obj.get(b"labels", obj.get("labels"))
+    if (
+        not isinstance(data, np.ndarray)
+        or labels is None
+        or data.ndim != 2
+        or data.shape[1] != 3072
+        or len(labels) != len(data)
+    ):
+        raise DatasetNotFoundError(
+            "cifar10",
+            root,
+            expected,
+            CIFAR_HOW,
+            problem=f"{path} lacks data (M,3072) uint8 and matching labels",
         )
     images = torch.from_numpy(np.ascontiguousarray(data, dtype=np.uint8)).view(-1, 3, 32, 32)
     return images, torch.as_tensor(list(labels), dtype=torch.long)
@@ -145,7 +184,10 @@ def cifar10(root: Path | str, split: str) -> tuple[Tensor, Tensor]:
     folder = Path(root) / CIFAR_DIR
     if not folder.is_dir():
         raise DatasetNotFoundError(
-            "cifar10", Path(root), [f"{CIFAR_DIR}/{f}" for f in CIFAR_FILES], CIFAR_HOW,
+            "cifar10",
+            Path(root),
+            [f"{CIFAR_DIR}/{f}" for f in CIFAR_FILES],
+            CIFAR_HOW,
             problem=f"folder {CIFAR_DIR}/ missing",
         )
     names = CIFAR_FILES[:5] if split == "train" else ["test_batch"]
@@ -158,12 +200,21 @@ def cifar10(root: Path | str, split: str) -> tuple[Tensor, Tensor]:
 
 def _read_table(path: Path, ncols: int, root: Path) -> list[list[str]]:
     if not path.is_file():
-        raise DatasetNotFoundError("cub200", root, [f"{CUB_DIR}/{f}" for f in CUB_FILES], CUB_HOW, problem=f"{path.name} missing")
+        raise DatasetNotFoundError(
+            "cub200",
+            root,
+            [f"{CUB_DIR}/{f}" for f in CUB_FILES],
+            CUB_HOW,
+            problem=f"{path.name} missing",
+        )
     rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
     bad = next((i for i, r in enumerate(rows) if len(r) != ncols), None)
     if bad is not None:
         raise DatasetNotFoundError(
-            "cub200", root, [f"{CUB_DIR}/{f}" for f in CUB_FILES], CUB_HOW,
+            "cub200",
+            root,
+            [f"{CUB_DIR}/{f}" for f in CUB_FILES],
+            CUB_HOW,
             problem=f"{path.name} line {bad + 1} has {len(rows[bad])} fields, expected {ncols}",
         )
     return rows
@@ -175,18 +226,26 @@ def cub_metadata(root: Path | str) -> dict[str, Tensor | list[str] | Path]:
     folder = root / CUB_DIR
     if not folder.is_dir() or not (folder / "images").is_dir():
         raise DatasetNotFoundError(
-            "cub200", root, [f"{CUB_DIR}/{f}" for f in CUB_FILES], CUB_HOW,
+            "cub200",
+            root,
+            [f"{CUB_DIR}/{f}" for f in CUB_FILES],
+            CUB_HOW,
             problem=f"folder {CUB_DIR}/ or {CUB_DIR}/images/ missing",
         )
     images = _read_table(folder / "images.txt", 2, root)
     labels = dict(_read_table(folder / "image_class_labels.txt", 2, root))
     split = dict(_read_table(folder / "train_test_split.txt", 2, root))
-    boxes = {r[0]: [float(v) for v in r[1:]] for r in _read_table(folder / "bounding_boxes.txt", 5, root)}
+    boxes = {
+        r[0]: [float(v) for v in r[1:]] for r in _read_table(folder / "bounding_boxes.txt", 5, root)
+    }
     ids = [r[0] for r in images]
     missing = [i for i in ids if i not in labels or i not in split or i not in boxes]
     if missing:
         raise DatasetNotFoundError(
-            "cub200", root, [f"{CUB_DIR}/{f}" for f in CUB_FILES], CUB_HOW,
+            "cub200",
+            root,
+            [f"{CUB_DIR}/{f}" for f in CUB_FILES],
+            CUB_HOW,
             problem=f"image ids {missing[:5]} lack a label, split or box",
         )
     return {

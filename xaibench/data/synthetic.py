@@ -66,7 +66,9 @@ def compose(
         ``masks`` ``(n, 1, S, S)`` bool, ``source`` ``(n,)`` index into ``digits``.
     """
     if digits.ndim != 3 or len(digits) != len(labels) or len(digits) == 0:
-        raise ValueError(f"digits must be (M,h,w) with M>0 matching labels, got {tuple(digits.shape)}")
+        raise ValueError(
+            f"digits must be (M,h,w) with M>0 matching labels, got {tuple(digits.shape)}"
+        )
     g = torch.Generator().manual_seed(int(seed))
     s = recipe.size
     if recipe.digit_size[1] > s:
@@ -81,7 +83,9 @@ def compose(
             y, x = _randint(g, 0, s - bh), _randint(g, 0, s - bw)
             img[:, y : y + bh, x : x + bw] = _uniform(g, *recipe.box_intensity, (3, 1, 1))
         d = _randint(g, *recipe.digit_size)
-        stroke = F.interpolate(digits[source[i]][None, None], size=(d, d), mode="bilinear", align_corners=False)[0]
+        stroke = F.interpolate(
+            digits[source[i]][None, None], size=(d, d), mode="bilinear", align_corners=False
+        )[0]
         stroke = stroke.clamp(0, 1)
         y, x = _randint(g, 0, s - d), _randint(g, 0, s - d)
         colour = _uniform(g, *recipe.digit_intensity, (3, 1, 1))

@@ -43,8 +43,14 @@ class ClassifierModule(pl.LightningModule):
         logits = self.net(b.images)
         loss = F.cross_entropy(logits, b.labels)
         acc = (logits.argmax(1) == b.labels).float().mean()
-        self.log_dict({f"{stage}/loss": loss, f"{stage}/acc": acc}, prog_bar=stage != "test",
-                      on_step=False, on_epoch=True, batch_size=len(b.labels), sync_dist=stage != "train")
+        self.log_dict(
+            {f"{stage}/loss": loss, f"{stage}/acc": acc},
+            prog_bar=stage != "test",
+            on_step=False,
+            on_epoch=True,
+            batch_size=len(b.labels),
+            sync_dist=stage != "train",
+        )
         return loss
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
@@ -60,4 +66,10 @@ class ClassifierModule(pl.LightningModule):
         opt = self.optimizer_factory(params=self.net.parameters())
         if self.scheduler_factory is None:
             return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=opt), "interval": "epoch"}}
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {
+                "scheduler": self.scheduler_factory(optimizer=opt),
+                "interval": "epoch",
+            },
+        }

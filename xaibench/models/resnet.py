@@ -64,7 +64,9 @@ class ResNet(nn.Module):
             self.conv1 = nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False)
             self.maxpool: nn.Module = nn.MaxPool2d(3, 2, 1)
         else:
-            self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1 if stem == "cifar" else 2, 1, bias=False)
+            self.conv1 = nn.Conv2d(
+                in_channels, widths[0], 3, 1 if stem == "cifar" else 2, 1, bias=False
+            )
             self.maxpool = nn.Identity()
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU()

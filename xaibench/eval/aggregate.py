@@ -1,0 +1,107 @@
+"""Per-sample rows → summary statistics and tables (mean ± 95% bootstrap CI, NaN counts)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def bootstrap_ci(
+    values: Tensor, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of finite ``values`` ``(n,)``; (nan, nan) if none."""
+    v = values[torch.isfinite(values)].double()
+    if v.numel() == 0:
+        return math.nan, math.nan
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, v.numel(), (n_boot, v.numel()), generator=g)
+    means = v[idx].mean(1)
+    lo, hi = torch.quantile(
+        means, torch.tensor([(1 - level) / 2, 1 - (1 - level) / 2], dtype=torch.float64)
+    )
+    return float(lo), float(hi)
+
+
+def summarize(columns: dict[str, Tensor], *, seed: int = 0) -> dict[str, dict[str, float]]:
+    """``{column: {mean, ci_low, ci_high, n, n_nan}}`` over finite values of each ``(n,)`` column."""
+    out = {}
+    for name, v in columns.items():
+        v = v.double()
+        finite = torch.isfinite(v)
+        lo, hi = bootstrap_ci(v, seed=seed)
+        out[name] = {
+            "mean": float(v[finite].mean()) if finite.any() else math.nan,
+            "ci_low": lo,
+            "ci_high": hi,
+            "n": int(finite.sum()),
+            "n_nan": int((~finite).sum()),
+        }
+    return out
+
+
+def write_per_sample(path: Path, index: Tensor, columns: dict[str, Tensor]) -> None:
+    """``per_sample.csv``: column ``index`` first, one row per sample, sorted by index."""
+    order = index.argsort()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", *columns])
+        cols = [columns[k][order].tolist() for k in columns]
+        for i, row in zip(index[order].tolist(), zip(*cols, strict=True), strict=True):
+            w.writerow([i, *(f"{x:.6g}" for x in row)])
+
+
+def _fmt(stats: dict[str, float]) -> str:
+    if math.isnan(stats["mean"]):
+        return "nan"
+    ci = (stats["ci_high"] - stats["ci_low"]) / 2
+    lost = f" ({stats['n_nan']} NaN)" if stats["n_nan"] else ""
+    return f"{stats['mean']:.3f} ± {ci:.3f}{lost}"
+
+
+def write_tables(out_dir: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """``table.md``, ``table.csv`` and ``table.tex``: one row per run (``rows[i]["name"]`` + ``summary``)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header = ["method", *columns]
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    tex = [
+        "\\begin{tabular}{l" + "r" * len(columns) + "}",
+        " & ".join(h.replace("_", "\\_") for h in header) + " \\\\",
+        "\\hline",
+    ]
+    with open(out_dir / "table.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            ["method", *(f"{c}{s}" for c in columns for s in ("", "_ci_low", "_ci_high", "_n_nan"))]
+        )
+        for r in rows:
+            s = r["summary"]
+            md.append(
+                "| "
+                + " | ".join([r["name"], *(_fmt(s[c]) if c in s else "—" for c in columns)])
+                + " |"
+            )
+            tex.append(
+                " & ".join(
+                    [r["name"], *(f"{s[c]['mean']:.3f}" if c in s else "--" for c in columns)]
+                )
+                + " \\\\"
+            )
+            w.writerow(
+                [
+                    r["name"],
+                    *(
+                        f"{s[c][k]:.6g}" if c in s else ""
+                        for c in columns
+                        for k in ("mean", "ci_low", "ci_high", "n_nan")
+                    ),
+                ]
+            )
+    tex.append("\\end{tabular}")
+    (out_dir / "table.md").write_text("\n".join(md) + "\n")
+    (out_dir / "table.tex").write_text("\n".join(tex) + "\n")
