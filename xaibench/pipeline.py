@@ -211,10 +211,14 @@ def train_learned_explainer(
     if best:
         module.load_head(best)
         log.info("selected %s (val/msi %.4f)", best, float(ckpt.best_model_score))
-    module.save_head(
-        out / f"{explainer_name(cfg)}_head.pt",
-        {"best_checkpoint": best, "val_msi": float(ckpt.best_model_score) if best else None},
-    )
+    info = {
+        "best_checkpoint": best,
+        "val_msi_best": float(ckpt.best_model_score) if best else None,
+        "epochs": trainer.current_epoch,
+        "head": str(out / f"{explainer_name(cfg)}_head.pt"),
+    }
+    module.save_head(info["head"], info)
+    module.training_info = info
     return module
 
 
@@ -256,7 +260,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "cached" if base["cached"] else "trained",
     )
     if name != "none":
-        summary["test"] = run_explainers(cfg, dm, net, name, out)
+        summary["test"] = run_explainers(cfg, dm, net, name, out, summary)
     write_json(summary, out / "summary.json")
     return summary
 
@@ -302,15 +306,25 @@ def evaluate_only(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run_explainers(
-    cfg: DictConfig, dm: XaiDataModule, net: nn.Module, name: str, out: Path
+    cfg: DictConfig,
+    dm: XaiDataModule,
+    net: nn.Module,
+    name: str,
+    out: Path,
+    summary: dict[str, Any],
 ) -> dict[str, Any]:
     """Train (if learned) and evaluate the explainer, then each ``compare_with`` baseline on the same test set.
 
     Writes the combined ``table.{md,csv,tex}`` in ``out`` (one row per method);
-    returns ``{method: {column: {mean, ci_low, ci_high, n, n_nan}}}``.
+    returns ``{method: {column: {mean, ci_low, ci_high, n, n_nan}}}`` and adds
+    ``explainer_training`` (best validation MSI, head path) to ``summary``.
     """
     if cfg.explainer.get("learned"):
         module = train_learned_explainer(cfg, dm, net, out)
+        summary["explainer_training"] = module.training_info
+        write_json(
+            summary, out / "summary.json"
+        )  # the trained head is on record even if evaluation fails
     else:
         module = ExplainerTestModule(net, build_explainer(cfg))
     results = {name: evaluate(cfg, dm, module, name, out)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import lightning.pytorch as pl
@@ -18,7 +19,9 @@ class ClassifierModule(pl.LightningModule):
     Args:
         net: the classifier, e.g. :func:`xaibench.models.resnet18`.
         optimizer: ``params -> Optimizer`` (a ``_partial_`` config).
-        scheduler: ``optimizer -> LRScheduler`` or None; stepped per epoch.
+        scheduler: ``optimizer -> LRScheduler`` or None. A scheduler that takes
+            ``total_steps`` (OneCycleLR) gets the trainer's estimated number of
+            optimizer steps and is stepped every step; others every epoch.
         max_epochs: training epochs of the base classifier (part of its cache key).
     """
 
@@ -66,10 +69,10 @@ class ClassifierModule(pl.LightningModule):
         opt = self.optimizer_factory(params=self.net.parameters())
         if self.scheduler_factory is None:
             return opt
-        return {
-            "optimizer": opt,
-            "lr_scheduler": {
-                "scheduler": self.scheduler_factory(optimizer=opt),
-                "interval": "epoch",
-            },
-        }
+        fn = getattr(self.scheduler_factory, "func", self.scheduler_factory)
+        if "total_steps" in inspect.signature(fn).parameters:
+            total = int(self.trainer.estimated_stepping_batches)
+            sched = self.scheduler_factory(optimizer=opt, total_steps=total)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        sched = self.scheduler_factory(optimizer=opt)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
