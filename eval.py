@@ -21,9 +21,9 @@ os.environ.setdefault("XAIBENCH_ROOT", str(Path(__file__).resolve().parent))
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval.yaml")
 def main(cfg: DictConfig) -> None:
     """Compose and run :func:`xaibench.pipeline.evaluate_only`."""
-    from xaibench.pipeline import evaluate_only
+    from xaibench.pipeline import evaluate_only, run_guarded
 
-    evaluate_only(cfg)
+    run_guarded(evaluate_only, cfg)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ os.environ.setdefault("XAIBENCH_ROOT", str(Path(__file__).resolve().parent))
 @hydra.main(version_base="1.3", config_path="configs", config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
     """Compose, run, and hand ``optimized_metric`` to a sweeper if one is set."""
-    from xaibench.pipeline import train
+    from xaibench.pipeline import run_guarded, train
 
-    summary = train(cfg)
+    summary = run_guarded(train, cfg)
     key = cfg.get("optimized_metric")
     if not key:
         return None

@@ -171,3 +171,18 @@ def test_eval_py_needs_cached_base_and_head(cfg_factory):
     cfg = cfg_factory([*TINY_DIGITS], "eval.yaml")
     with pytest.raises(ValueError, match="eval.py needs an explainer"):
         pipeline.evaluate_only(cfg)
+
+
+def test_run_guarded_turns_user_errors_into_one_message(capsys, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+    def boom(cfg):
+        raise ValueError("model.width=0 must be a number > 0")
+
+    with pytest.raises(SystemExit) as e:
+        pipeline.run_guarded(boom, None)
+    assert e.value.code == 1
+    assert "error: model.width=0 must be a number > 0" in capsys.readouterr().err
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(ValueError):
+        pipeline.run_guarded(boom, None)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -350,6 +353,25 @@ def run_explainers(
         )
         log.info("%s: %s", m, cols)
     return results
+
+
+USER_ERRORS = (FileNotFoundError, ValueError, TypeError)
+
+
+def run_guarded(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run an entry point's job: a user error (missing data, bad value) is one clear
+    message and exit status 1, not a traceback (``HYDRA_FULL_ERROR=1`` shows it);
+    an open W&B run is finished whatever happens, so a multirun leaves nothing open."""
+    try:
+        return fn(cfg)
+    except USER_ERRORS as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {e}\n(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+        raise SystemExit(1) from None
+    finally:
+        if "wandb" in sys.modules and getattr(sys.modules["wandb"], "run", None) is not None:
+            sys.modules["wandb"].finish()
 
 
 def lookup_metric(summary: dict[str, Any], key: str) -> float:
