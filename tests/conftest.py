@@ -48,6 +48,15 @@ TINY_DIGITS = [
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread for many tiny forward passes (two thrash on a shared 2-core box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def cfg_factory(tmp_path):
     """``cfg_factory(overrides, config_name="train.yaml")`` → composed config under tmp_path."""
 

@@ -49,13 +49,7 @@ def fast(name: str, **kw) -> Explainer:
     return get_explainer(name, **{**FAST.get(name, {}), **kw})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The CI box has 2 cores shared by several jobs: 2 intra-op threads thrash."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(seed: int = 0) -> nn.Module:

@@ -18,13 +18,7 @@ from xaibench.explainers import count_hooks, get_explainer
 from xaibench.explainers.lrp import lrp_ready, make_rule, rule_layers
 from xaibench.models import resnet18
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model64(stem: str, *, zero_bias: bool = False) -> nn.Module:

@@ -21,13 +21,7 @@ from xaibench.explainers import (
 )
 from xaibench.models import resnet18
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_reductions_by_hand():
