@@ -22,7 +22,9 @@ demo: setup ## the main job on the embedded data (trains the demo classifier, th
 
 test: setup ## fast test suite (no slow marker) + lint
 	$(PY) -m ruff check xaibench tests scripts train.py eval.py
-	$(PY) -m pytest -m "not slow"
+	@$(PY) -m pytest -m "not slow"; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): a failure, fix the selection"; fi; \
+	  exit $$rc
 
 test-full: setup ## every test, slow ones included
 	$(PY) -m pytest
