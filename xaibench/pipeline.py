@@ -164,13 +164,13 @@ def explainer_name(cfg: DictConfig) -> str:
 
 
 def build_explainer(cfg: DictConfig, name: str | None = None):
-    """Instantiate a post-hoc explainer config (``cfg.explainer`` or ``explainer/<name>.yaml``)."""
-    if name is None:
-        ex = OmegaConf.to_container(cfg.explainer, resolve=True)
-    else:
+    """A post-hoc explainer: ``cfg.explainer`` instantiated, or (for ``compare_with``)
+    the registered ``name`` with its default arguments."""
+    if name is not None:
         from xaibench.explainers import get_explainer
 
         return get_explainer(name)
+    ex = OmegaConf.to_container(cfg.explainer, resolve=True)
     for k in EXPLAINER_META_KEYS:
         ex.pop(k, None)  # type: ignore[union-attr]
     return instantiate(ex)
