@@ -126,6 +126,25 @@ def random_gap(
         raise ValueError(f"k must be a positive int (number of random explanations), got {k!r}")
     fn, key = _resolve(metric, key)
     q = _quality(fn, key, model, images, heatmaps, targets, **kw)
+    return q - _random_quality(
+        fn, key, model, images, heatmaps, targets, k, generator, seed, indices, **kw
+    )
+
+
+def _random_quality(
+    fn: MetricFn,
+    key: str,
+    model: nn.Module,
+    images: Tensor,
+    heatmaps: Tensor,
+    targets: Tensor,
+    k: int,
+    generator: torch.Generator | None,
+    seed: int,
+    indices: Tensor | None,
+    **kw: object,
+) -> Tensor:
+    """``mean_k Q(permute_k(h))`` per sample ``(N,)``; draw ``j`` is seeded by ``seed + j``."""
     draws = [
         _quality(
             fn,
@@ -138,7 +157,7 @@ def random_gap(
         )
         for j in range(k)
     ]
-    return q - torch.stack(draws).mean(dim=0)
+    return torch.stack(draws).mean(dim=0)
 
 
 def quality_gaps(
@@ -166,17 +185,8 @@ def quality_gaps(
     q_inv = _quality(fn, key, model, images, inverse(heatmaps), targets, **kw)
     out = {key: q, f"{key}_inverse": q_inv, f"qge_{key}": q - q_inv}
     if k > 0:
-        draws = [
-            _quality(
-                fn,
-                key,
-                model,
-                images,
-                permute(heatmaps, seed=seed + j, indices=indices),
-                targets,
-                **kw,
-            )
-            for j in range(k)
-        ]
-        out[f"random_gap_{key}"] = q - torch.stack(draws).mean(dim=0)
+        rand = _random_quality(
+            fn, key, model, images, heatmaps, targets, k, None, seed, indices, **kw
+        )
+        out[f"random_gap_{key}"] = q - rand
     return out
