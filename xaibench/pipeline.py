@@ -241,6 +241,17 @@ def write_json(obj: Any, path: Path) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def summary_head(cfg: DictConfig, name: str, base: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The fields every ``summary.json`` starts with."""
+    return {
+        "dataset": cfg.dataset.name,
+        "explainer": name,
+        "seed": int(cfg.seed),
+        "base_classifier": base,
+        "output_dir": str(out),
+    }
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one row of a table; returns the summary dict (also written to ``summary.json``)."""
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -250,13 +261,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     write_json(dm.split_info(), out / "split.json")
     net, base = base_classifier(cfg, dm)
     name = explainer_name(cfg)
-    summary: dict[str, Any] = {
-        "dataset": cfg.dataset.name,
-        "explainer": name,
-        "seed": int(cfg.seed),
-        "base_classifier": base,
-        "output_dir": str(out),
-    }
+    summary = summary_head(cfg, name, base, out)
     log.info(
         "base classifier test accuracy %.4f (%s)",
         base["test_acc"],
@@ -293,17 +298,8 @@ def evaluate_only(cfg: DictConfig) -> dict[str, Any]:
         module.load_head(path)
     else:
         module = ExplainerTestModule(net, build_explainer(cfg))
-    summary = {
-        "dataset": cfg.dataset.name,
-        "explainer": name,
-        "seed": int(cfg.seed),
-        "base_classifier": base,
-        "output_dir": str(out),
-        "test": {name: evaluate(cfg, dm, module, name, out)},
-    }
-    write_tables(
-        out, [{"name": name, "summary": summary["test"][name]}], list(summary["test"][name])
-    )
+    summary = summary_head(cfg, name, base, out)
+    summary["test"] = {name: evaluate(cfg, dm, module, name, out)}  # also writes table.*
     write_json(summary, out / "summary.json")
     return summary
 
