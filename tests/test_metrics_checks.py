@@ -6,7 +6,8 @@ import pytest
 import torch
 from metrics_testing import heatmap_from, region_setup
 
-from xaibench.metrics import get_metric, localization, msi
+from xaibench.metrics import METRICS, get_metric, inverse, localization, msi, prepare_batch
+from xaibench.models import resnet18
 
 
 def _good():
@@ -88,3 +89,60 @@ def test_mask_errors():
         localization(model, images, h, targets, masks=torch.zeros(2, 1, 3, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="masks must be bool, got torch.float32"):
         localization(model, images, h, targets, masks=torch.zeros(2, 1, 4, 4))
+
+
+def _float32_setup():
+    model = resnet18(3, width=0.125, stem="stride2").eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 16, 16, generator=g)
+    return model, x, torch.rand(2, 1, 16, 16, generator=g), torch.tensor([0, 1])
+
+
+@pytest.mark.parametrize(
+    "name", ["msi", "paper", "ffidelity", "faithfulness_correlation", "region_perturbation"]
+)
+def test_image_dtype_must_match_the_model(name):
+    model, x, h, y = _float32_setup()
+    kw = METRICS.meta(name)["smoke"]
+    with pytest.raises(
+        ValueError,
+        match=r"^images are float64 but the model's parameters are float32; "
+        r"use images\.float\(\) or model\.double\(\)$",
+    ):
+        get_metric(name)(model, x.double(), h, y, **kw)
+    with pytest.raises(
+        ValueError,
+        match=r"^images are float16 but the model's parameters are float32; "
+        r"use images\.float\(\) or model\.half\(\)$",
+    ):
+        prepare_batch(model, x.half(), h, y)
+    with pytest.raises(
+        ValueError,
+        match=r"^images are uint8 but the model's parameters are float32; use images\.float\(\)$",
+    ):
+        prepare_batch(model, (x * 255).to(torch.uint8), h, y)
+
+
+def test_either_fix_of_a_dtype_mismatch_works():
+    model, x, h, y = _float32_setup()
+    kw = {"step": 0.1, "score": "confidence"}
+    as_float = msi(model, x.double().float(), h, y, **kw)["msi"]
+    as_double = msi(model.double(), x.double(), h, y, **kw)["msi"]
+    assert as_float.dtype == torch.float32 and as_double.dtype == torch.float64
+    torch.testing.assert_close(as_double, as_float.double(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_images_refused(bad):
+    model, x, h, y = _float32_setup()
+    x[1, 2, 3, 4] = bad
+    x[0, 0, 0, 0] = bad
+    message = r"images contain 2 non-finite values \(NaN/inf\); clean the data first"
+    with pytest.raises(ValueError, match=message):
+        msi(model, x, h, y, step=0.1)
+    with pytest.raises(ValueError, match=message):
+        get_metric("faithfulness_deletion")(model, x, h, y, variant="deepfaith")
+    with pytest.raises(ValueError, match=message):
+        localization(None, x, h, y, masks=h > 0.5)
+    with pytest.raises(ValueError, match=r"heatmaps contain 1 non-finite values"):
+        inverse(h.masked_fill(h == h.max(), bad))

@@ -115,5 +115,7 @@ def test_permute_keeps_values():
 def test_quality_gaps_keys():
     model, images, h, targets = _setup()
     out = quality_gaps(model, images, h, targets, metric="msi", k=2, step=0.1, score="confidence")
-    assert set(out) == {"msi", "msi_inverse", "qge_msi", "random_gap_msi"}
-    torch.testing.assert_close(out["qge_msi"], out["msi"] - out["msi_inverse"])
+    assert set(out) == {"msi_inverse", "qge_msi", "random_gap_msi"}  # Q(h) = qge + inverse
+    q = msi(model, images, h, targets, step=0.1, score="confidence")["msi"]
+    torch.testing.assert_close(out["qge_msi"], q - out["msi_inverse"])
+    torch.testing.assert_close(out["qge_msi"], qge("msi", model, images, h, targets, step=0.1, score="confidence"))

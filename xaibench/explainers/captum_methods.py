@@ -32,8 +32,9 @@ from captum.attr import (
 )
 from torch import Tensor, nn
 
+from xaibench.baselines import make_baseline
 from xaibench.explainers.base import Explainer, register_explainer
-from xaibench.explainers.features import baseline_distribution, feature_mask, make_baseline
+from xaibench.explainers.features import baseline_distribution, feature_mask
 
 # Captum warns on every call about things this package handles or intends:
 # hooks it sets (removed by Captum, and by preserve_model as a safety net) and

@@ -1,21 +1,22 @@
-"""Inputs for perturbation explainers: feature masks and baselines.
+"""Inputs for perturbation explainers: feature masks and reference sets.
 
 - :func:`feature_mask` groups pixels into interpretable features for
   Occlusion-style, LIME and SHAP methods: a square patch grid (torch, default)
   or SLIC superpixels (scikit-image, computed per image on the CPU).
-- :func:`make_baseline` gives the "absent" image a method compares with;
-  :func:`baseline_distribution` the reference set of the SHAP methods.
+- :func:`baseline_distribution` gives the reference set of the SHAP methods.
+  The single "absent" image of the other methods is
+  :func:`xaibench.baselines.make_baseline`, shared with the metrics.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from xaibench.baselines import make_baseline  # noqa: F401  (re-exported by xaibench.explainers)
+
 MASK_KINDS = ("grid", "slic")
-BASELINE_KINDS = ("mean", "blur")
 DISTRIBUTION_KINDS = ("uniform", "constant")
 
 
@@ -69,31 +70,6 @@ def feature_mask(
     raise ValueError(f"feature mask kind={kind!r} is unknown; choose one of {list(MASK_KINDS)}")
 
 
-def make_baseline(
-    images: Tensor, baseline: float | str = 0.0, *, blur_sigma: float = 4.0
-) -> Tensor:
-    """The reference image per sample, same shape as ``images``.
-
-    Args:
-        images: ``(N, C, H, W)``.
-        baseline: a number (a constant image, 0 = black in input space),
-            ``"mean"`` (each image's per-channel mean) or ``"blur"`` (a Gaussian
-            blur of the image with ``blur_sigma`` pixels).
-
-    Returns:
-        ``(N, C, H, W)`` on ``images.device``.
-    """
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        return torch.full_like(images, float(baseline))
-    if baseline == "mean":
-        return images.mean(dim=(2, 3), keepdim=True).expand_as(images).clone()
-    if baseline == "blur":
-        return gaussian_blur(images, blur_sigma)
-    raise ValueError(
-        f"baseline={baseline!r} is unknown; give a number (e.g. 0.0) or one of {list(BASELINE_KINDS)}"
-    )
-
-
 def baseline_distribution(
     images: Tensor, n: int, kind: str | float = "uniform", *, seed: int = 0
 ) -> Tensor:
@@ -122,19 +98,3 @@ def baseline_distribution(
     raise ValueError(
         f"baseline distribution {kind!r} is unknown; give a number or one of {list(DISTRIBUTION_KINDS)}"
     )
-
-
-def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur ``(N, C, H, W) -> (N, C, H, W)`` with reflect padding."""
-    if sigma <= 0:
-        return images.clone()
-    radius = max(1, int(3 * sigma))
-    radius = min(radius, images.shape[-1] - 1, images.shape[-2] - 1)
-    k = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    k = torch.exp(-0.5 * (k / sigma) ** 2)
-    k = k / k.sum()
-    c = images.shape[1]
-    x = F.pad(images, (radius, radius, 0, 0), mode="reflect")
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)  # along W
-    x = F.pad(x, (0, 0, radius, radius), mode="reflect")
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)  # along H

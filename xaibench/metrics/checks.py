@@ -15,16 +15,60 @@ GRID_TOL = 1e-6
 """Heatmap values within this distance of a threshold count as on it (float32 grids)."""
 
 
-def check_images(images: Tensor) -> None:
-    """``images (N, *S)``: a tensor with a non-empty batch and at least one feature."""
+def check_images(images: Tensor, *, name: str = "images") -> None:
+    """``images (N, *S)``: a tensor with a non-empty batch, at least one feature, finite values.
+
+    Args:
+        images: the tensor to check.
+        name: what to call it in messages (``"heatmaps"`` for QGE's inverse).
+    """
     if not isinstance(images, Tensor):
-        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
     if images.dim() < 2:
-        raise ValueError(f"images {tuple(images.shape)} must be (N, *S) with a batch dimension")
+        raise ValueError(f"{name} {tuple(images.shape)} must be (N, *S) with a batch dimension")
     if images.shape[0] == 0:
-        raise ValueError("empty batch: images has N = 0 samples; pass at least one")
+        raise ValueError(f"empty batch: {name} has N = 0 samples; pass at least one")
     if images[0].numel() == 0:
-        raise ValueError(f"images {tuple(images.shape)} have no features per sample")
+        raise ValueError(f"{name} {tuple(images.shape)} have no features per sample")
+    if (images.is_floating_point() or images.is_complex()) and not torch.isfinite(images).all():
+        bad = int((~torch.isfinite(images)).sum())
+        raise ValueError(
+            f"{name} contain {bad} non-finite values (NaN/inf); clean the data first "
+            "(e.g. torch.nan_to_num) or drop those samples"
+        )
+
+
+_CASTS = {
+    torch.float64: "double",
+    torch.float32: "float",
+    torch.float16: "half",
+    torch.bfloat16: "bfloat16",
+}
+
+
+def check_model_dtype(model: torch.nn.Module, images: Tensor) -> None:
+    """``images`` must have the dtype of the model's floating-point parameters (none: no check).
+
+    Raises:
+        ValueError: naming both dtypes and the casts that fix it, e.g. "images
+            are float64 but the model's parameters are float32; use
+            images.float() or model.double()".
+    """
+    params = getattr(model, "parameters", None)
+    dtype = next((p.dtype for p in params() if p.is_floating_point()), None) if params else None
+    if dtype is None or images.dtype == dtype:
+        return
+    fixes = [f"images.{_CASTS[dtype]}()" if dtype in _CASTS else f"images.to({dtype})"]
+    if images.dtype in _CASTS:  # an integer image asks for a cast of the images only
+        fixes.append(f"model.{_CASTS[images.dtype]}()")
+    raise ValueError(
+        f"images are {_dtype_name(images.dtype)} but the model's parameters are "
+        f"{_dtype_name(dtype)}; use {' or '.join(fixes)}"
+    )
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def check_heatmaps(heatmaps: Tensor, images: Tensor, *, unit_range: bool = True) -> None:
@@ -141,9 +185,10 @@ def prepare_batch(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Validate a metric's inputs and move them to the model's device.
 
-    Runs the checks above, then one forward pass: on the first image to learn
-    the number of classes (``target="label"``), or on every image to use the
-    model's predictions as targets (``target="predicted"``).
+    Runs the checks above (images finite and of the model's dtype), then one
+    forward pass: on the first image to learn the number of classes
+    (``target="label"``), or on every image to use the model's predictions as
+    targets (``target="predicted"``).
 
     Returns:
         ``(images, heatmaps, targets)`` on the model's device; heatmaps in the
@@ -155,6 +200,7 @@ def prepare_batch(
     check_images(images)
     check_heatmaps(heatmaps, images, unit_range=unit_range)
     check_targets(targets, images.shape[0])
+    check_model_dtype(model, images)
     device = model_device(model)
     images = images.to(device)
     heatmaps = heatmaps.to(device=device, dtype=images.dtype)
@@ -166,3 +212,40 @@ def prepare_batch(
         num_classes = model(images[:1]).shape[1]
     check_targets(targets, images.shape[0], num_classes)
     return images, heatmaps, targets
+
+
+def prepare_perturbation(
+    model: torch.nn.Module,
+    images: Tensor,
+    heatmaps: Tensor,
+    targets: Tensor,
+    *,
+    score: str,
+    target: str,
+    baseline: float | str | Tensor,
+    batch_size: int,
+    seed: int,
+    indices: Tensor | None,
+    unit_range: bool = True,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A perturbation metric's prologue: check ``score``, :func:`prepare_batch`, build the fill.
+
+    Returns:
+        ``(images, heatmaps, targets, fill)`` on the model's device; ``fill``
+        is :func:`~xaibench.baselines.make_baseline` of ``baseline`` seeded by
+        ``(seed, indices)``.
+    """
+    from xaibench.baselines import make_baseline
+    from xaibench.metrics.engine import SCORES
+
+    check_choice("score", score, SCORES)
+    images, heatmaps, targets = prepare_batch(
+        model,
+        images,
+        heatmaps,
+        targets,
+        target=target,
+        unit_range=unit_range,
+        batch_size=batch_size,
+    )
+    return images, heatmaps, targets, make_baseline(images, baseline, seed=seed, indices=indices)

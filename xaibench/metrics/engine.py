@@ -20,11 +20,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 SCORES = ("accuracy", "confidence", "probability", "logit")
-BASELINES = ("mean", "min", "max", "blur", "uniform", "noise")
 
 KeepFn = Callable[[Tensor, Tensor], Tensor]
 """``keep_fn(sample_idx (B,), step_idx (B,)) -> keep (B, *S')`` bool, one mask per pair."""
@@ -47,99 +45,6 @@ def scores_from_logits(logits: Tensor, targets: Tensor, score: str) -> Tensor:
     if score == "logit":
         return logits.gather(1, targets[:, None]).squeeze(1)
     raise ValueError(f"score={score!r} is unknown; choose one of {list(SCORES)}")
-
-
-def make_baseline(
-    images: Tensor,
-    baseline: float | str | Tensor = 0.0,
-    *,
-    generator: torch.Generator | None = None,
-    seed: int | None = None,
-    indices: Tensor | None = None,
-) -> Tensor:
-    """The fill value for removed positions, broadcastable to ``images (N, *S)``.
-
-    ``float``: that constant (0 = ``X ⊙ M`` in model-input space). ``"mean"``/
-    ``"min"``/``"max"``: per-sample statistic over all positions (``"min"`` is
-    Quantus's "black"). ``"blur"``: Gaussian blur (σ = 5 px, images only).
-    ``"uniform"``: U[min, max] of each sample. ``"noise"``: ``x + N(0, 0.1²)``.
-    A tensor is used as given (must broadcast to ``images``).
-
-    Random baselines draw from ``generator`` when given; with ``seed`` they
-    draw per sample from generators seeded by ``(seed, indices[i])``
-    (``indices`` defaults to ``arange(N)``), so the fill of a sample does not
-    depend on the batch it is in.
-    """
-    if isinstance(baseline, Tensor):
-        try:
-            return torch.broadcast_to(baseline.to(images), images.shape)
-        except RuntimeError as e:
-            raise ValueError(
-                f"baseline tensor {tuple(baseline.shape)} does not broadcast to images {tuple(images.shape)}"
-            ) from e
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        return images.new_full((1,) * images.dim(), float(baseline))
-    flat = images.flatten(1)
-    view = (-1,) + (1,) * (images.dim() - 1)
-    if baseline == "mean":
-        return flat.mean(1).view(view)
-    if baseline == "min":
-        return flat.amin(1).view(view)
-    if baseline == "max":
-        return flat.amax(1).view(view)
-    if baseline == "blur":
-        if images.dim() != 4:
-            raise ValueError(f"baseline='blur' needs images (N,C,H,W), got {tuple(images.shape)}")
-        return gaussian_blur(images, sigma=5.0)
-    if baseline == "uniform":
-        lo, hi = flat.amin(1).view(view), flat.amax(1).view(view)
-        return lo + (hi - lo) * _draw(images, "uniform", generator, seed, indices)
-    if baseline == "noise":
-        return images + 0.1 * _draw(images, "normal", generator, seed, indices)
-    raise ValueError(
-        f"baseline={baseline!r} is unknown; use a number, a tensor or one of {list(BASELINES)}"
-    )
-
-
-def _draw(
-    images: Tensor,
-    kind: str,
-    generator: torch.Generator | None,
-    seed: int | None,
-    indices: Tensor | None,
-) -> Tensor:
-    """Random tensor shaped like ``images``: per-sample when ``seed`` is given, else from ``generator``."""
-    if seed is not None:
-        from xaibench.metrics.seeding import per_sample_rand, sample_indices
-
-        idx = sample_indices(images.shape[0], indices)
-        return per_sample_rand(
-            seed, idx, tuple(images.shape[1:]), kind=kind, dtype=images.dtype
-        ).to(images)
-    draw = torch.rand if kind == "uniform" else torch.randn
-    return draw(images.shape, generator=generator, device="cpu").to(images)
-
-
-def gaussian_blur(images: Tensor, sigma: float, *, kernel_size: int | None = None) -> Tensor:
-    """Separable Gaussian blur of ``(N, C, H, W)`` with reflect padding.
-
-    The kernel has ``4σ+1`` taps, or ``kernel_size`` (odd) when given, which
-    then matches ``torchvision.transforms.GaussianBlur(kernel_size, sigma)``.
-    """
-    if kernel_size is not None and (kernel_size < 1 or kernel_size % 2 == 0):
-        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
-    radius = max(1, int(2 * sigma)) if kernel_size is None else kernel_size // 2
-    x = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    k = torch.exp(-(x**2) / (2 * sigma**2))
-    k = k / k.sum()
-    c = images.shape[1]
-    pad_h, pad_w = min(radius, images.shape[2] - 1), min(radius, images.shape[3] - 1)
-    out = F.pad(images, (pad_w, pad_w, 0, 0), mode="reflect" if pad_w else "replicate")
-    kw = k[radius - pad_w : radius + pad_w + 1]
-    out = F.conv2d(out, kw.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    out = F.pad(out, (0, 0, pad_h, pad_h), mode="reflect" if pad_h else "replicate")
-    kh = k[radius - pad_h : radius + pad_h + 1]
-    return F.conv2d(out, kh.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -177,8 +82,9 @@ def evaluate_variants(
     """Score every variant ``(i, k)``, ``k < num_steps``, of every image; returns ``(N, K)``.
 
     ``keep_fn`` builds the keep-masks of one chunk of (sample, step) pairs;
-    ``fill`` is :func:`make_baseline`'s output. The model's train/eval state is
-    not touched: put it in eval mode before calling.
+    ``fill`` is :func:`~xaibench.baselines.make_baseline`'s output. The model's
+    train/eval state is not touched: call it under
+    :func:`~xaibench.metrics.model_state.eval_mode` (registered metrics do).
 
     ``keys`` ``(N, K)`` int64, optional: variants of one sample with equal keys
     are declared identical (same keep-mask) and evaluated once; the caller
@@ -227,19 +133,32 @@ def _score_pairs(
     """Scores ``(B,)`` of the variants named by the flat pairs ``(sample_idx, step_idx)``."""
     n = images.shape[0]
     # a callable fill(sample_idx, step_idx) -> (B, *S) gives per-variant fills (random baselines)
-    fill_full = None
-    if not callable(fill) and fill.dim() == images.dim() and fill.shape[0] == n:
-        fill_full = fill.expand_as(images)
+    per_sample = False
+    if not callable(fill):
+        fill = _compact(fill)
+        per_sample = fill.dim() == images.dim() and fill.shape[0] == n
 
     def build(sl: slice) -> Tensor:
         si, ki = sample_idx[sl], step_idx[sl]
         keep = keep_fn(si, ki)
         x = images[si]
-        f = fill(si, ki) if callable(fill) else (fill_full[si] if fill_full is not None else fill)
+        f = fill(si, ki) if callable(fill) else (fill[si] if per_sample else fill)
         return torch.where(keep, x, f)
 
     logits = forward_chunks(model, build, sample_idx.shape[0], batch_size)
     return scores_from_logits(logits, targets[sample_idx], score)
+
+
+def _compact(fill: Tensor) -> Tensor:
+    """``fill`` with its expanded (stride-0) dimensions cut to size 1: a constant's is ``(1,) * 4``.
+
+    :func:`~xaibench.baselines.make_baseline` returns full-shape expanded
+    views; indexing the compact tensor per chunk keeps the fill free.
+    """
+    for d in range(fill.dim()):
+        if fill.stride(d) == 0 and fill.shape[d] > 1:
+            fill = fill.narrow(d, 0, 1)
+    return fill
 
 
 def descending_ranks(heatmaps: Tensor) -> Tensor:
@@ -283,7 +202,7 @@ def evaluate_ranges(
         targets: ``(N,)`` int64 class indices.
         ranks: ``(N, *S')`` from :func:`descending_ranks`, ``S'`` broadcastable to ``S``.
         ranges: ``(N, V, 2)`` int64 ``[start, stop)`` with ``0 <= start <= stop <= P``.
-        fill: :func:`make_baseline` output.
+        fill: :func:`~xaibench.baselines.make_baseline` output.
 
     Returns:
         ``(N, V)`` scores.

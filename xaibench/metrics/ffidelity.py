@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from xaibench.metrics.checks import check_choice, check_step, prepare_batch
-from xaibench.metrics.engine import SCORES, descending_ranks, evaluate_variants, make_baseline
+from xaibench.metrics.checks import check_step, prepare_perturbation
+from xaibench.metrics.engine import descending_ranks, evaluate_variants
 from xaibench.metrics.registry import register_metric
 from xaibench.metrics.seeding import counter_uniform, sample_indices
 
@@ -60,7 +60,7 @@ def ffidelity(
         max_removal: cap on the expected removed fraction of all positions (paper: 0.1).
         score: ``"accuracy"`` (paper) or ``"confidence"``.
         target: ``"label"`` or ``"predicted"``.
-        baseline: fill of removed positions, see :func:`make_baseline`.
+        baseline: fill of removed positions, see :func:`~xaibench.baselines.make_baseline`.
         batch_size: variants per forward pass.
         seed: seed of the random masks.
         indices: ``(N,)`` dataset indices seeding per-sample draws (default ``arange(N)``).
@@ -69,16 +69,16 @@ def ffidelity(
         ``ffid_plus``, ``ffid_minus`` ``(N,)``; ``ffid_plus_curve``,
         ``ffid_minus_curve`` ``(N, S)``; ``sparsities`` ``(S,)``.
     """
-    check_choice("score", score, SCORES)
     if not isinstance(num_masks, int) or num_masks < 1:
         raise ValueError(f"num_masks must be a positive int, got {num_masks!r}")
     if not 0.0 < removal_prob <= 1.0 or not 0.0 < max_removal <= 1.0:
         raise ValueError(
             f"removal_prob and max_removal must be in (0, 1], got {removal_prob!r}, {max_removal!r}"
         )
-    images, heatmaps, targets = prepare_batch(
-        model, images, heatmaps, targets, target=target, unit_range=False, batch_size=batch_size
-    )
+    images, heatmaps, targets, fill = prepare_perturbation(
+        model, images, heatmaps, targets, score=score, target=target, baseline=baseline,
+        batch_size=batch_size, seed=seed, indices=indices, unit_range=False,
+    )  # fmt: skip
     n = images.shape[0]
     idx = sample_indices(n, indices, images.device)
     ranks = descending_ranks(heatmaps).flatten(1)  # (N, P), 0 = most relevant
@@ -103,7 +103,6 @@ def ffidelity(
         keep = ~(candidate & (u < probs[sp][:, None]))
         return keep.view(-1, *heatmaps.shape[1:])
 
-    fill = make_baseline(images, baseline, seed=seed, indices=indices)
     scores = evaluate_variants(
         model, images, targets, keep_fn, num_variants, fill=fill, score=score, batch_size=batch_size
     )

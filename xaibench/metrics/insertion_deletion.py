@@ -14,9 +14,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from xaibench.metrics.checks import check_choice, check_step, prepare_batch
-from xaibench.metrics.engine import SCORES, make_baseline
-from xaibench.metrics.plan import RangePlan, count_greater, run_plans, sorted_values, trapezoid_mean
+from xaibench.metrics.checks import check_choice, check_step
+from xaibench.metrics.plan import (
+    RangePlan,
+    count_greater,
+    evaluate_plans,
+    sorted_values,
+    trapezoid_mean,
+)
 from xaibench.metrics.registry import register_metric
 
 MODES = ("value", "percent")
@@ -103,7 +108,7 @@ def insertion_deletion(
         step: threshold step / fraction step; must divide 1.
         score: ``"accuracy"`` or ``"confidence"``.
         target: ``"label"`` or ``"predicted"``.
-        baseline: fill of removed pixels, see :func:`make_baseline`.
+        baseline: fill of removed pixels, see :func:`~xaibench.baselines.make_baseline`.
         batch_size: variants per forward pass.
         seed: seed of a random baseline (``"uniform"``, ``"noise"``).
         indices: ``(N,)`` dataset indices seeding per-sample draws (default ``arange(N)``).
@@ -112,20 +117,10 @@ def insertion_deletion(
         ``insertion``, ``deletion``, ``fid_minus``, ``fid_plus``, ``clean_score``
         ``(N,)``; ``insertion_curve``, ``deletion_curve`` ``(N, K)``; ``steps`` ``(K,)``.
     """
-    check_choice("score", score, SCORES)
     check_choice("mode", mode, MODES)
-    images, heatmaps, targets = prepare_batch(
-        model,
-        images,
-        heatmaps,
-        targets,
-        target=target,
+    (out,) = evaluate_plans(
+        model, images, heatmaps, targets, lambda h: [plan_insertion_deletion(h, mode=mode, step=step)],
+        score=score, target=target, baseline=baseline, batch_size=batch_size, seed=seed, indices=indices,
         unit_range=mode == "value",
-        batch_size=batch_size,
-    )
-    plan = plan_insertion_deletion(heatmaps, mode=mode, step=step)
-    fill = make_baseline(images, baseline, seed=seed, indices=indices)
-    (out,) = run_plans(
-        model, images, heatmaps, targets, [plan], fill=fill, score=score, batch_size=batch_size
-    )
+    )  # fmt: skip
     return out

@@ -20,13 +20,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from xaibench.metrics.checks import check_alpha_min, check_choice, check_step, prepare_batch
-from xaibench.metrics.engine import SCORES, make_baseline
+from xaibench.metrics.checks import check_alpha_min, check_step
 from xaibench.metrics.plan import (
     RangePlan,
     count_at_least,
     count_greater,
-    run_plans,
+    evaluate_plans,
     sorted_values,
     trapezoid_mean,
 )
@@ -108,7 +107,7 @@ def msi(
         step: α grid spacing; must divide ``1 - alpha_min``.
         score: ``"accuracy"`` (paper) or ``"confidence"`` (softmax probability of the target).
         target: ``"label"`` to score ``targets``; ``"predicted"`` for the model's predictions.
-        baseline: fill of removed pixels (0 = ``X ⊙ M``), see :func:`make_baseline`.
+        baseline: fill of removed pixels (0 = ``X ⊙ M``), see :func:`~xaibench.baselines.make_baseline`.
         batch_size: variants per forward pass.
         seed: seed of a random baseline (``"uniform"``, ``"noise"``).
         indices: ``(N,)`` dataset indices seeding per-sample draws (default ``arange(N)``).
@@ -117,13 +116,8 @@ def msi(
         ``msi``, ``base_score``, ``mask_penalty`` ``(N,)``; ``show_curve``,
         ``hide_curve`` ``(N, K)``; ``alphas`` ``(K,)``.
     """
-    check_choice("score", score, SCORES)
-    images, heatmaps, targets = prepare_batch(
-        model, images, heatmaps, targets, target=target, batch_size=batch_size
-    )
-    plan = plan_msi(heatmaps, alpha_min=alpha_min, step=step)
-    fill = make_baseline(images, baseline, seed=seed, indices=indices)
-    (out,) = run_plans(
-        model, images, heatmaps, targets, [plan], fill=fill, score=score, batch_size=batch_size
-    )
+    (out,) = evaluate_plans(
+        model, images, heatmaps, targets, lambda h: [plan_msi(h, alpha_min=alpha_min, step=step)],
+        score=score, target=target, baseline=baseline, batch_size=batch_size, seed=seed, indices=indices,
+    )  # fmt: skip
     return out

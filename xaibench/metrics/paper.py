@@ -11,24 +11,22 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from xaibench.metrics.checks import check_choice, prepare_batch
-from xaibench.metrics.engine import SCORES, make_baseline
 from xaibench.metrics.insertion_deletion import DIRECTIONS, plan_insertion_deletion
 from xaibench.metrics.msi import plan_msi
-from xaibench.metrics.plan import RangePlan, run_plans
+from xaibench.metrics.plan import RangePlan, evaluate_plans
 from xaibench.metrics.registry import register_metric
 
-PAPER_DIRECTIONS = {
+PAPER_DIRECTIONS = {  # in the order paper_columns returns them
+    "msi": True,
+    "base_score": True,
+    "mask_penalty": False,
+    "clean_score": None,
     **{
         f"{key}_{mode}": d
         for mode in ("value", "percent")
         for key, d in DIRECTIONS.items()
         if key != "clean_score"
     },
-    "clean_score": None,
-    "base_score": True,
-    "mask_penalty": False,
-    "msi": True,
 }
 
 
@@ -82,15 +80,11 @@ def paper_columns(
         suffixed ``_value`` / ``_percent`` (``insertion_value``, ``fid_plus_percent``,
         ``insertion_curve_value``, ``steps_percent``, ...).
     """
-    check_choice("score", score, SCORES)
-    images, heatmaps, targets = prepare_batch(
-        model, images, heatmaps, targets, target=target, batch_size=batch_size
-    )
-    plans = plan_paper(heatmaps, alpha_min=alpha_min, step=step, percent_step=percent_step)
-    fill = make_baseline(images, baseline, seed=seed, indices=indices)
-    m, value, percent = run_plans(
-        model, images, heatmaps, targets, plans, fill=fill, score=score, batch_size=batch_size
-    )
+    m, value, percent = evaluate_plans(
+        model, images, heatmaps, targets,
+        lambda h: plan_paper(h, alpha_min=alpha_min, step=step, percent_step=percent_step),
+        score=score, target=target, baseline=baseline, batch_size=batch_size, seed=seed, indices=indices,
+    )  # fmt: skip
     out = dict(m)
     out["clean_score"] = value.pop("clean_score")
     percent.pop("clean_score")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from xaibench.metrics.checks import GRID_TOL
+from xaibench.metrics.checks import GRID_TOL, prepare_perturbation
 from xaibench.metrics.engine import count_unique_variants, descending_ranks, evaluate_ranges
 
 
@@ -83,6 +83,42 @@ def run_plans(
     )
     sizes = [p.ranges.shape[1] for p in plans]
     return [p.finish(s) for p, s in zip(plans, scores.split(sizes, dim=1), strict=True)]
+
+
+def evaluate_plans(
+    model: nn.Module,
+    images: Tensor,
+    heatmaps: Tensor,
+    targets: Tensor,
+    make_plans: Callable[[Tensor], Sequence[RangePlan]],
+    *,
+    score: str,
+    target: str,
+    baseline: float | str | Tensor,
+    batch_size: int,
+    seed: int,
+    indices: Tensor | None,
+    unit_range: bool = True,
+) -> list[dict[str, Tensor]]:
+    """A whole plan-based metric call: validate the inputs, plan, build the fill, run the plans.
+
+    Args:
+        make_plans: the metric's plans from the validated heatmaps ``(N, *S')``
+            on the model's device.
+        score, target, baseline, batch_size, seed, indices, unit_range: as in
+            :func:`~xaibench.metrics.checks.prepare_perturbation`.
+
+    Returns:
+        One result dict per plan, in order.
+    """
+    images, heatmaps, targets, fill = prepare_perturbation(
+        model, images, heatmaps, targets, score=score, target=target, baseline=baseline,
+        batch_size=batch_size, seed=seed, indices=indices, unit_range=unit_range,
+    )  # fmt: skip
+    plans = make_plans(heatmaps)
+    return run_plans(
+        model, images, heatmaps, targets, plans, fill=fill, score=score, batch_size=batch_size
+    )
 
 
 def forward_counts(plans: Sequence[RangePlan], heatmaps: Tensor) -> dict[str, int]:

@@ -8,14 +8,27 @@ of rank ``P - 1 - r`` (QGE paper eq. 4). ``QGE = Q(h) - Q(inverse(h))``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from xaibench.metrics.checks import check_images
-from xaibench.metrics.registry import MetricFn, default_key, get_metric
+from xaibench.metrics.model_state import eval_mode
+from xaibench.metrics.registry import (
+    EntrySpec,
+    MetricFn,
+    default_key,
+    entry_spec,
+    get_metric,
+    register_metric,
+    registered_name,
+)
 from xaibench.metrics.seeding import per_sample_permutation, sample_indices
+
+DEFAULT_K = 0
+""":func:`quality_gaps` adds no random gap unless ``k > 0``."""
 
 
 def inverse(heatmaps: Tensor) -> Tensor:
@@ -28,7 +41,7 @@ def inverse(heatmaps: Tensor) -> Tensor:
     ``{0, 1, 1}`` would have to pair up), so tied inputs give a valid reversal
     that need not map back.
     """
-    check_images(heatmaps)
+    check_images(heatmaps, name="heatmaps")
     flat = heatmaps.flatten(1)
     values, order = torch.sort(flat, dim=1, descending=True, stable=True)
     out = torch.empty_like(flat)
@@ -37,12 +50,19 @@ def inverse(heatmaps: Tensor) -> Tensor:
 
 
 def _resolve(
-    metric: MetricFn | str, key: str | None
+    metric: MetricFn | str, key: str | None, indices: Tensor | None = None
 ) -> tuple[Callable[..., dict[str, Tensor]], str]:
+    """The metric callable and the key to read.
+
+    A registered metric that needs ``indices`` (a random one) gets them bound;
+    an unregistered callable is called as given.
+    """
     fn = get_metric(metric) if isinstance(metric, str) else metric
     key = key or default_key(metric)
     if key is None:
         raise ValueError(f"key= is needed to read one value from {metric!r} (e.g. key='deletion')")
+    if indices is not None and registered_name(fn) and "indices" in entry_spec(fn).needs:
+        fn = functools.partial(fn, indices=indices)
     return fn, key
 
 
@@ -72,8 +92,9 @@ def qge(
         **kw: passed to both metric calls.
     """
     fn, key = _resolve(metric, key)
-    q = _quality(fn, key, model, images, heatmaps, targets, **kw)
-    q_inv = _quality(fn, key, model, images, inverse(heatmaps), targets, **kw)
+    with eval_mode(model):
+        q = _quality(fn, key, model, images, heatmaps, targets, **kw)
+        q_inv = _quality(fn, key, model, images, inverse(heatmaps), targets, **kw)
     return q - q_inv
 
 
@@ -124,11 +145,12 @@ def random_gap(
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int (number of random explanations), got {k!r}")
-    fn, key = _resolve(metric, key)
-    q = _quality(fn, key, model, images, heatmaps, targets, **kw)
-    return q - _random_quality(
-        fn, key, model, images, heatmaps, targets, k, generator, seed, indices, **kw
-    )
+    fn, key = _resolve(metric, key, indices)
+    with eval_mode(model):
+        q = _quality(fn, key, model, images, heatmaps, targets, **kw)
+        return q - _random_quality(
+            fn, key, model, images, heatmaps, targets, k, generator, seed, indices, **kw
+        )
 
 
 def _random_quality(
@@ -160,6 +182,35 @@ def _random_quality(
     return torch.stack(draws).mean(dim=0)
 
 
+def _gap_outputs(
+    wrapped: EntrySpec, keywords: Mapping[str, object]
+) -> tuple[dict[str, bool | None], tuple[str, ...]]:
+    """:func:`quality_gaps`' keys and own needs, from its keywords.
+
+    ``qge_<key>`` and ``random_gap_<key>`` follow ``key``'s direction; ``<key>_inverse``
+    the opposite one (a good explanation's reversal scores badly).
+    """
+    key = keywords.get("key") or wrapped.name
+    if key not in wrapped.directions:
+        raise ValueError(
+            f"key={key!r} is not a per-sample key of metric {wrapped.name!r}; "
+            f"give key= one of {list(wrapped.keys)}"
+        )
+    random = keywords.get("k", DEFAULT_K) > 0
+    d = wrapped.directions[key]
+    directions = {f"{key}_inverse": None if d is None else not d, f"qge_{key}": d}
+    if random:
+        directions[f"random_gap_{key}"] = d
+    return directions, ("indices",) if random else ()
+
+
+@register_metric(
+    "quality_gaps",
+    higher_is_better={},
+    wraps="metric",
+    outputs=_gap_outputs,
+    smoke={"metric": "msi", "step": 0.1, "k": 1},
+)
 def quality_gaps(
     model: nn.Module,
     images: Tensor,
@@ -168,22 +219,25 @@ def quality_gaps(
     *,
     metric: MetricFn | str,
     key: str | None = None,
-    k: int = 0,
+    k: int = DEFAULT_K,
     seed: int = 0,
     indices: Tensor | None = None,
     **kw: object,
 ) -> dict[str, Tensor]:
-    """A metric-shaped wrapper for configs: ``{key, key_inverse, qge_<key>[, random_gap_<key>]}`` ``(N,)``.
+    """QGE as a metric for configs: ``{<key>_inverse, qge_<key>[, random_gap_<key>]}``, ``(N,)``.
 
-    ``k > 0`` adds the random gap over ``k`` permutations (per-sample seeded).
-    ``qge_<key>`` and ``random_gap_<key>`` share ``key``'s direction
-    (:func:`~xaibench.metrics.registry.metric_direction`); ``seed`` and
-    ``indices`` seed the permutations and are not passed to the metric.
+    ``Q(h)`` itself is not returned under ``key`` (the metric's own entry gives
+    it, and a second ``msi`` column would clash with it): it is
+    ``qge_<key> + <key>_inverse``. ``k > 0`` adds the random gap over ``k``
+    permutations (per-sample seeded). Directions: see :func:`_gap_outputs`. ``seed`` seeds
+    the permutations only; ``indices`` seed them and are passed on to a
+    registered metric that needs them (a random one); ``**kw`` (e.g. ``masks``
+    for localization) go to the metric.
     """
-    fn, key = _resolve(metric, key)
+    fn, key = _resolve(metric, key, indices)
     q = _quality(fn, key, model, images, heatmaps, targets, **kw)
     q_inv = _quality(fn, key, model, images, inverse(heatmaps), targets, **kw)
-    out = {key: q, f"{key}_inverse": q_inv, f"qge_{key}": q - q_inv}
+    out = {f"{key}_inverse": q_inv, f"qge_{key}": q - q_inv}
     if k > 0:
         rand = _random_quality(
             fn, key, model, images, heatmaps, targets, k, None, seed, indices, **kw

@@ -26,6 +26,7 @@ Conventions used by every metric in this subpackage:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,7 +34,12 @@ import torch
 from torch import Tensor, nn
 
 from xaibench.metrics.checks import check_choice, prepare_batch
-from xaibench.metrics.engine import descending_ranks, forward_chunks, scores_from_logits
+from xaibench.metrics.engine import (
+    descending_ranks,
+    evaluate_variants,
+    forward_chunks,
+    scores_from_logits,
+)
 from xaibench.metrics.seeding import counter_uniform, sample_indices
 
 QUANTUS_BASELINES = ("black", "white", "mean", "uniform")
@@ -124,8 +130,10 @@ def prepare(
     return Prepared(images, heatmaps, a, scored, score, clean, clean_pred, index)
 
 
-def check_positive_int(name: str, value: object) -> int:
-    """``value`` as a positive ``int`` (``ValueError`` otherwise)."""
+def check_positive_int(name: str, value: object, default: int | None = None) -> int:
+    """``value`` (``default`` if it is None) as a positive ``int``; ``ValueError`` otherwise."""
+    if value is None and default is not None:
+        value = default
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
@@ -173,6 +181,21 @@ def check_baseline(baseline: object, allowed: tuple[str, ...] = QUANTUS_BASELINE
         )
 
 
+def resolve_baseline(
+    baseline: float | str | None, variant: str, quantus_default: str = "black"
+) -> float | str:
+    """The variant's baseline (its default when ``baseline`` is None), checked.
+
+    ``quantus`` takes a number or a :data:`QUANTUS_BASELINES` name (default
+    ``quantus_default``); ``deepfaith`` and ``rise`` take a number (default 0).
+    """
+    quantus = variant == "quantus"
+    if baseline is None:
+        baseline = quantus_default if quantus else 0.0
+    check_baseline(baseline, QUANTUS_BASELINES if quantus else ())
+    return baseline
+
+
 def uniform_draws(seed: int, index: Tensor, count: int, *, stream: int = STREAM_UNIFORM) -> Tensor:
     """``(N, count)`` U[0, 1) float64 draws, a function of ``(seed, index[i])`` only (Quantus's ``uniform``)."""
     s = torch.full_like(index, stream)
@@ -184,6 +207,19 @@ def variant_fill(images: Tensor, draws: Tensor) -> Callable[[Tensor, Tensor], Te
     tail = (1,) * (images.dim() - 1)
     draws = draws.to(images.dtype)
     return lambda si, ki: draws[si, ki].view(-1, *tail)
+
+
+def single_fill(
+    p: Prepared, baseline: float | str, seed: int, count: int
+) -> Tensor | Callable[[Tensor, Tensor], Tensor]:
+    """Engine ``fill`` of ``count`` separate (non-cumulative) removals.
+
+    ``uniform``: variant ``k`` gets its sample's ``k``-th draw; otherwise the
+    constant baseline fills every variant.
+    """
+    if baseline == "uniform":
+        return variant_fill(p.images, uniform_draws(seed, p.index, count))
+    return constant_fill(p.images, baseline)
 
 
 def cumulative_fill(
@@ -227,14 +263,46 @@ def probability_and_flip(logits: Tensor, targets: Tensor) -> Tensor:
     return torch.stack([p, (logits.argmax(dim=1) != targets).to(p.dtype)], dim=1)
 
 
-def deepfaith_axis(num_elements: int, chunk: int) -> Tensor:
-    """DeepFaith's trapezoid x-axis ``arange(0, F, chunk) / F`` (float64, ``K = ceil(F / chunk)`` points).
+def deepfaith_auc(curve: Tensor, num_elements: int, chunk: int) -> Tensor:
+    """Trapezoid area ``(N,)`` of ``curve (N, K)`` on DeepFaith's axis ``arange(0, F, chunk) / F``.
 
     Point ``j`` is scored after removing ``min((j+1)·chunk, F)`` elements but
     sits at ``j·chunk/F``: DeepFaith's curves are shifted one chunk left and
     end before 1. Reproduced as is; it is the paper's number.
     """
-    return torch.arange(0, num_elements, chunk, dtype=torch.float64) / num_elements
+    axis = torch.arange(0, num_elements, chunk, dtype=torch.float64) / num_elements
+    return torch.trapezoid(curve, axis.to(curve), dim=1)
+
+
+def element_chunks(ranks: Tensor, step: int) -> tuple[Tensor, int]:
+    """Chunk of every element, ``ranks (N, F) // step``, and the chunk count ``ceil(F / step)``."""
+    return ranks // step, math.ceil(ranks.shape[1] / step)
+
+
+def cumulative_scores(
+    model: nn.Module,
+    p: Prepared,
+    chunk: Tensor,
+    num_chunks: int,
+    *,
+    fill: Tensor,
+    batch_size: int,
+    insert: bool = False,
+    score: str | Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> Tensor:
+    """Scores ``(N, K)`` after removing (``insert``: keeping) chunks ``0..k`` of the elements.
+
+    Args:
+        chunk: ``(N, F)`` chunk of every element (:func:`element_chunks`).
+        num_chunks: ``K``.
+        fill: engine fill of removed elements.
+        score: engine score (default ``p.score``).
+    """
+    keep_fn = cumulative_keep(chunk, tuple(p.images.shape[1:]), insert=insert)
+    return evaluate_variants(
+        model, p.images, p.targets, keep_fn, num_chunks, fill=fill, score=score or p.score,
+        batch_size=batch_size,
+    )  # fmt: skip
 
 
 def cumulative_keep(step: Tensor, shape: tuple[int, ...], *, first: int = 0, insert: bool = False):
@@ -255,3 +323,28 @@ def cumulative_keep(step: Tensor, shape: tuple[int, ...], *, first: int = 0, ins
         return done if insert else ~done
 
     return keep_fn
+
+
+def region_scores(
+    model: nn.Module,
+    p: Prepared,
+    step: Tensor,
+    num_steps: int,
+    baseline: float | str,
+    seed: int,
+    *,
+    batch_size: int,
+) -> Tensor:
+    """Scores ``(N, K)`` after removing pixel regions (all channels) cumulatively, Quantus's way.
+
+    Args:
+        step: ``(N, H*W)`` int64 step at which each pixel goes (``>= num_steps``: never).
+        num_steps: ``K``.
+        baseline: a Quantus baseline, filled as :func:`cumulative_fill` does.
+    """
+    c, h, w = p.images.shape[1:]
+    fill = cumulative_fill(p.images, baseline, step.repeat(1, c), num_steps, seed, p.index)
+    return evaluate_variants(
+        model, p.images, p.targets, cumulative_keep(step, (1, h, w)), num_steps,
+        fill=fill.view_as(p.images), score=p.score, batch_size=batch_size,
+    )  # fmt: skip

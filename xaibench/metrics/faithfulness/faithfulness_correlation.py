@@ -12,12 +12,10 @@ from torch import Tensor, nn
 from xaibench.metrics.engine import evaluate_variants
 from xaibench.metrics.faithfulness.common import (
     STREAM_SUBSET,
-    check_baseline,
     check_positive_int,
-    constant_fill,
     prepare,
-    uniform_draws,
-    variant_fill,
+    resolve_baseline,
+    single_fill,
 )
 from xaibench.metrics.faithfulness.correlation import pearson
 from xaibench.metrics.registry import register_metric
@@ -57,7 +55,9 @@ def random_subsets(
     return torch.cat(out).view(n, runs, size)
 
 
-@register_metric("faithfulness_correlation", higher_is_better=True, random=True)
+@register_metric(
+    "faithfulness_correlation", higher_is_better=True, random=True, smoke={"nr_runs": 10}
+)
 def faithfulness_correlation(
     model: nn.Module,
     images: Tensor,
@@ -116,24 +116,16 @@ def faithfulness_correlation(
         indices=indices, batch_size=batch_size, softmax=softmax, abs=abs, normalise=normalise,
     )  # fmt: skip
     quantus = variant == "quantus"
-    runs = check_positive_int(
-        "nr_runs", nr_runs if nr_runs is not None else (100 if quantus else 50)
-    )
-    size = check_positive_int(
-        "subset_size", subset_size if subset_size is not None else (224 if quantus else 3136)
-    )
-    baseline = baseline if baseline is not None else ("black" if quantus else 0.0)
-    check_baseline(baseline, ("black", "white", "mean", "uniform") if quantus else ())
+    runs = check_positive_int("nr_runs", nr_runs, 100 if quantus else 50)
+    size = check_positive_int("subset_size", subset_size, 224 if quantus else 3136)
+    baseline = resolve_baseline(baseline, variant)
     n, f = p.images.shape[0], p.images[0].numel()
     if size >= f:
         raise ValueError(
             f"subset_size={size} must be smaller than the {f} elements per image; lower it (e.g. {max(1, f // 4)})"
         )
     subsets = random_subsets(seed, p.index, runs, size, f)  # (N, R, S)
-    if baseline == "uniform":
-        fill = variant_fill(p.images, uniform_draws(seed, p.index, runs))
-    else:
-        fill = constant_fill(p.images, baseline)
+    fill = single_fill(p, baseline, seed, runs)
 
     def keep_fn(si: Tensor, ki: Tensor) -> Tensor:
         removed = torch.zeros((si.shape[0], f), dtype=torch.bool, device=si.device)

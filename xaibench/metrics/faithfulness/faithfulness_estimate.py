@@ -7,20 +7,17 @@ attribution sum with the score drop it causes.
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor, nn
 
 from xaibench.metrics.engine import evaluate_variants
 from xaibench.metrics.faithfulness.common import (
-    check_baseline,
     check_positive_int,
     chunk_sums,
-    constant_fill,
+    element_chunks,
     element_ranks,
     prepare,
-    uniform_draws,
-    variant_fill,
+    resolve_baseline,
+    single_fill,
 )
 from xaibench.metrics.faithfulness.correlation import pearson
 from xaibench.metrics.registry import register_metric
@@ -81,19 +78,10 @@ def faithfulness_estimate(
         indices=indices, batch_size=batch_size, softmax=softmax, abs=abs, normalise=normalise,
     )  # fmt: skip
     quantus = variant == "quantus"
-    step = check_positive_int(
-        "features_in_step",
-        features_in_step if features_in_step is not None else (1 if quantus else 3136),
-    )
-    baseline = baseline if baseline is not None else ("black" if quantus else 0.0)
-    check_baseline(baseline, ("black", "white", "mean", "uniform") if quantus else ())
-    f = p.images[0].numel()
-    k = math.ceil(f / step)
-    chunk = element_ranks(p.attributions) // step  # (N, F) chunk of each element
-    if baseline == "uniform":
-        fill = variant_fill(p.images, uniform_draws(seed, p.index, k))
-    else:
-        fill = constant_fill(p.images, baseline)
+    step = check_positive_int("features_in_step", features_in_step, 1 if quantus else 3136)
+    baseline = resolve_baseline(baseline, variant)
+    chunk, k = element_chunks(element_ranks(p.attributions), step)  # (N, F) chunk of each element
+    fill = single_fill(p, baseline, seed, k)
 
     def keep_fn(si: Tensor, ki: Tensor) -> Tensor:
         return (chunk[si] != ki[:, None]).view(-1, *p.images.shape[1:])

@@ -16,12 +16,12 @@ from xaibench.metrics.engine import evaluate_variants
 from xaibench.metrics.faithfulness.common import (
     STREAM_MASK,
     STREAM_UNIFORM,
-    check_baseline,
     check_positive_int,
     constant_fill,
     cumulative_fill,
     cumulative_keep,
     prepare,
+    resolve_baseline,
     uniform_draws,
 )
 from xaibench.metrics.faithfulness.correlation import pearson
@@ -85,7 +85,7 @@ def infidelity(
         model, images, heatmaps, targets, variant=variant, variants=("quantus",), metric="infidelity",
         indices=indices, batch_size=batch_size, softmax=softmax, abs=abs, normalise=normalise, image_only=True,
     )  # fmt: skip
-    check_baseline(baseline)
+    baseline = resolve_baseline(baseline, variant)
     sizes = [check_positive_int("perturb_patch_sizes[]", s) for s in perturb_patch_sizes]
     if not sizes:
         raise ValueError("perturb_patch_sizes is empty; give at least one patch size, e.g. (4,)")
@@ -130,15 +130,9 @@ def infidelity(
             )
             per_patch = block_sums(p.attributions * (p.images - fill), block, blocks)[:, None, :]
         scores = evaluate_variants(
-            model,
-            p.images,
-            p.targets,
-            keep_fn,
-            reps * blocks,
-            fill=fill,
-            score=p.score,
+            model, p.images, p.targets, keep_fn, reps * blocks, fill=fill, score=p.score,
             batch_size=batch_size,
-        ).view(n, reps, blocks)
+        ).view(n, reps, blocks)  # fmt: skip
         drops = p.clean[:, None, None] - scores
         sums = per_patch.cumsum(dim=2)
         losses.append(((drops - sums) ** 2).mean(dim=2))  # (N, reps)

@@ -10,22 +10,20 @@ outside the hot path: segmentation is setup, the forward passes are batched).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from xaibench.metrics.engine import evaluate_variants
 from xaibench.metrics.faithfulness.common import (
-    check_baseline,
     check_positive_int,
     constant_fill,
-    cumulative_fill,
-    cumulative_keep,
-    deepfaith_axis,
+    cumulative_scores,
+    deepfaith_auc,
+    element_chunks,
     element_ranks,
     prepare,
+    region_scores,
+    resolve_baseline,
 )
 from xaibench.metrics.registry import register_metric
 
@@ -97,32 +95,28 @@ def irof(
         batch_size: perturbed images per forward pass.
 
     Returns:
-        ``irof`` ``(N,)`` (higher is better) and ``irof_curve`` ``(N, K)``; for
-        ``quantus`` ``K = max_i S_i`` with NaN after each sample's ``S_i`` points,
-        plus ``num_segments`` ``(N,)``.
+        ``irof`` ``(N,)`` (higher is better), ``irof_curve`` ``(N, K)`` and
+        ``num_segments`` ``(N,)``, the regions removed: superpixels ``S_i``
+        (``quantus``; ``K = max_i S_i``, NaN after each sample's ``S_i``
+        points) or element chunks ``K`` (``deepfaith``).
     """
     p = prepare(
         model, images, heatmaps, targets, variant=variant, variants=("quantus", "deepfaith"), metric="irof",
         indices=indices, batch_size=batch_size, softmax=softmax, abs=abs, normalise=normalise, image_only=True,
     )  # fmt: skip
-    quantus = variant == "quantus"
-    baseline = baseline if baseline is not None else ("mean" if quantus else 0.0)
-    check_baseline(baseline, ("black", "white", "mean", "uniform") if quantus else ())
+    baseline = resolve_baseline(baseline, variant, quantus_default="mean")
     n, c, h, w = p.images.shape
-    if not quantus:
+    if variant != "quantus":
         step = check_positive_int("features_in_step", features_in_step)
-        f = c * h * w
-        k = math.ceil(f / step)
-        chunk = element_ranks(p.attributions) // step
-        keep_fn = cumulative_keep(chunk, (c, h, w))
-        scores = evaluate_variants(
-            model, p.images, p.targets, keep_fn, k, fill=constant_fill(p.images, baseline), score=p.score,
-            batch_size=batch_size,
-        )  # fmt: skip
+        chunk, k = element_chunks(element_ranks(p.attributions), step)
+        scores = cumulative_scores(
+            model, p, chunk, k, fill=constant_fill(p.images, baseline), batch_size=batch_size
+        )
         curve = 1.0 - scores / p.clean[:, None]
         return {
-            "irof": torch.trapezoid(curve, deepfaith_axis(f, step).to(curve), dim=1),
+            "irof": deepfaith_auc(curve, c * h * w, step),
             "irof_curve": curve,
+            "num_segments": torch.full_like(p.clean, float(k)),
         }
 
     if segments is None:
@@ -144,13 +138,7 @@ def irof(
     )  # absent: last
     ranks = element_ranks(mean)  # (N, count) step at which each segment goes
     step = ranks.gather(1, seg)  # (N, H*W)
-    fill = cumulative_fill(p.images, baseline, step.repeat(1, c), count, seed, p.index).view_as(
-        p.images
-    )
-    keep_fn = cumulative_keep(step, (1, h, w))
-    scores = evaluate_variants(
-        model, p.images, p.targets, keep_fn, count, fill=fill, score=p.score, batch_size=batch_size
-    )
+    scores = region_scores(model, p, step, count, baseline, seed, batch_size=batch_size)
     steps = torch.arange(count, device=scores.device)
     valid = steps[None, :] < num[:, None]
     curve = torch.where(valid, scores / p.clean[:, None], torch.full_like(scores, float("nan")))

@@ -7,29 +7,28 @@ normalised squared score change it causes.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from xaibench.metrics.engine import evaluate_variants
 from xaibench.metrics.faithfulness.common import (
-    check_baseline,
     check_positive_int,
     chunk_sums,
-    constant_fill,
+    element_chunks,
     element_ranks,
     prepare,
-    uniform_draws,
-    variant_fill,
+    resolve_baseline,
+    single_fill,
 )
 from xaibench.metrics.faithfulness.correlation import argsort_pearson, spearman
 from xaibench.metrics.registry import register_metric
 
 VARIANTS = ("quantus", "deepfaith")
+SMOKE = {"features_in_step": 64, "nr_samples": 3}
+"""A tiny call for the registry contract test (the defaults make one forward pass per element)."""
 
 
-@register_metric("monotonicity_correlation", higher_is_better=True, random=True)
+@register_metric("monotonicity_correlation", higher_is_better=True, random=True, smoke=SMOKE)
 def monotonicity_correlation(
     model: nn.Module,
     images: Tensor,
@@ -93,22 +92,14 @@ def monotonicity_correlation(
         indices=indices, batch_size=batch_size, softmax=softmax, abs=abs, normalise=normalise,
     )  # fmt: skip
     quantus = variant == "quantus"
-    step = check_positive_int(
-        "features_in_step",
-        features_in_step if features_in_step is not None else (1 if quantus else 3136),
-    )
-    baseline = baseline if baseline is not None else ("uniform" if quantus else 0.0)
-    check_baseline(baseline, ("black", "white", "mean", "uniform") if quantus else ())
+    step = check_positive_int("features_in_step", features_in_step, 1 if quantus else 3136)
+    baseline = resolve_baseline(baseline, variant, quantus_default="uniform")
     draws = (
         check_positive_int("nr_samples", nr_samples) if (quantus and baseline == "uniform") else 1
     )
-    f = p.images[0].numel()
-    k = math.ceil(f / step)
-    chunk = element_ranks(p.attributions, descending=False) // step  # (N, F), least relevant first
-    if baseline == "uniform":
-        fill = variant_fill(p.images, uniform_draws(seed, p.index, k * draws))
-    else:
-        fill = constant_fill(p.images, baseline)
+    # (N, F) chunk of each element, least relevant first
+    chunk, k = element_chunks(element_ranks(p.attributions, descending=False), step)
+    fill = single_fill(p, baseline, seed, k * draws)
 
     def keep_fn(si: Tensor, ki: Tensor) -> Tensor:  # variant ki = chunk * draws + draw
         return (chunk[si] != (ki // draws)[:, None]).view(-1, *p.images.shape[1:])

@@ -10,21 +10,19 @@ has no such metric, so ``deepfaith`` is the only variant.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from xaibench.metrics.engine import evaluate_variants
 from xaibench.metrics.faithfulness.common import (
     check_positive_int,
-    cumulative_keep,
-    deepfaith_axis,
+    cumulative_scores,
+    deepfaith_auc,
+    element_chunks,
     element_ranks,
     prepare,
     probability_and_flip,
 )
-from xaibench.metrics.registry import register_metric
+from xaibench.metrics.registry import MetricFn, register_metric
 
 
 def _frozen_curve(
@@ -46,53 +44,31 @@ def _frozen_curve(
     )  # fmt: skip
     step = check_positive_int("features_in_step", features_in_step)
     f = p.images[0].numel()
-    k = math.ceil(f / step)
     ranks = element_ranks(p.attributions)
     if not positive:  # DeepFaith flips the descending order: least relevant first, ties reversed
         ranks = f - 1 - ranks
-    chunk = ranks // step
-    keep_fn = cumulative_keep(chunk, tuple(p.images.shape[1:]))
+    chunk, k = element_chunks(ranks, step)
     fill = p.images.new_zeros((1,) * p.images.dim())
-    out = evaluate_variants(
-        model,
-        p.images,
-        p.targets,
-        keep_fn,
-        k,
-        fill=fill,
-        score=probability_and_flip,
-        batch_size=batch_size,
+    out = cumulative_scores(
+        model, p, chunk, k, fill=fill, score=probability_and_flip, batch_size=batch_size
     )  # (N, K, 2): probability, flipped
     prob, flipped = out[..., 0], out[..., 1] > 0.5
     steps = torch.arange(k, device=prob.device)
-    first = torch.where(flipped, steps, torch.full_like(steps, k)).amin(
-        dim=1
-    )  # (N,) first flip, K if none
+    # (N,) first flip, K if none
+    first = torch.where(flipped, steps, torch.full_like(steps, k)).amin(dim=1)
     frozen = prob.gather(1, first.clamp(max=k - 1)[:, None])
     curve = torch.where(steps[None, :] >= first[:, None], frozen, prob)
-    area = torch.trapezoid(curve, deepfaith_axis(f, step).to(curve), dim=1)
-    return {name: area, f"{name}_curve": curve, "flip_step": first.to(curve.dtype)}
+    return {
+        name: deepfaith_auc(curve, f, step),
+        f"{name}_curve": curve,
+        "flip_step": first.to(curve.dtype),
+    }
 
 
-@register_metric(
-    "negative_perturbation", higher_is_better={"negative_perturbation": True, "flip_step": True}
-)
-def negative_perturbation(
-    model: nn.Module,
-    images: Tensor,
-    heatmaps: Tensor,
-    targets: Tensor,
-    *,
-    variant: str = "deepfaith",
-    features_in_step: int = 3136,
-    seed: int = 0,
-    indices: Tensor | None = None,
-    batch_size: int = 256,
-) -> dict[str, Tensor]:
-    """NEG: remove the least relevant elements first; the probability should stay high.
+_NEG_DOC = """NEG: remove the least relevant elements first; the probability should stay high.
 
     Args:
-        model: classifier in eval mode returning logits.
+        model: classifier returning logits (evaluated in eval mode).
         images: ``(N, C, H, W)`` (or ``(N, *S)``) inputs.
         heatmaps: ``(N, 1, H, W)`` or ``(N, C, H, W)`` in ``[0, 1]``.
         targets: ``(N,)`` class indices (validated; the clean prediction is scored).
@@ -106,34 +82,41 @@ def negative_perturbation(
         better); ``negative_perturbation_curve`` ``(N, K)`` frozen curve;
         ``flip_step`` ``(N,)`` (float) first step whose prediction differs (``K`` if never).
     """
-    return _frozen_curve(
-        model, images, heatmaps, targets, positive=False, variant=variant, features_in_step=features_in_step,
-        indices=indices, batch_size=batch_size, name="negative_perturbation",
-    )  # fmt: skip
 
-
-@register_metric(
-    "positive_perturbation", higher_is_better={"positive_perturbation": False, "flip_step": False}
-)
-def positive_perturbation(
-    model: nn.Module,
-    images: Tensor,
-    heatmaps: Tensor,
-    targets: Tensor,
-    *,
-    variant: str = "deepfaith",
-    features_in_step: int = 3136,
-    seed: int = 0,
-    indices: Tensor | None = None,
-    batch_size: int = 256,
-) -> dict[str, Tensor]:
-    """POS: remove the most relevant elements first; the probability should fall fast.
+_POS_DOC = """POS: remove the most relevant elements first; the probability should fall fast.
 
     Same arguments as :func:`negative_perturbation`. Returns
     ``positive_perturbation`` ``(N,)`` (lower is better),
     ``positive_perturbation_curve`` ``(N, K)`` and ``flip_step`` ``(N,)``.
     """
-    return _frozen_curve(
-        model, images, heatmaps, targets, positive=True, variant=variant, features_in_step=features_in_step,
-        indices=indices, batch_size=batch_size, name="positive_perturbation",
-    )  # fmt: skip
+
+
+def _register(name: str, *, positive: bool, doc: str) -> MetricFn:
+    """Register NEG (``positive=False``: higher is better) or POS (lower is better) as ``name``."""
+
+    def metric(
+        model: nn.Module,
+        images: Tensor,
+        heatmaps: Tensor,
+        targets: Tensor,
+        *,
+        variant: str = "deepfaith",
+        features_in_step: int = 3136,
+        seed: int = 0,
+        indices: Tensor | None = None,
+        batch_size: int = 256,
+    ) -> dict[str, Tensor]:
+        return _frozen_curve(
+            model, images, heatmaps, targets, positive=positive, variant=variant,
+            features_in_step=features_in_step, indices=indices, batch_size=batch_size, name=name,
+        )  # fmt: skip
+
+    metric.__name__ = metric.__qualname__ = name
+    metric.__doc__ = doc
+    # an early flip is good for POS (relevant pixels removed first) and bad for NEG
+    directions = {name: not positive, "flip_step": not positive}
+    return register_metric(name, higher_is_better=directions)(metric)
+
+
+negative_perturbation = _register("negative_perturbation", positive=False, doc=_NEG_DOC)
+positive_perturbation = _register("positive_perturbation", positive=True, doc=_POS_DOC)

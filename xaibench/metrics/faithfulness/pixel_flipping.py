@@ -11,21 +11,23 @@ Petsiuk et al. (RISE, 2018). ``faithfulness_insertion`` has ``deepfaith`` and
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from xaibench.metrics.engine import evaluate_variants, gaussian_blur
+from xaibench.baselines import gaussian_blur
+from xaibench.metrics.engine import evaluate_variants
 from xaibench.metrics.faithfulness.common import (
     Prepared,
-    check_baseline,
     check_positive_int,
+    constant_fill,
     cumulative_fill,
     cumulative_keep,
-    deepfaith_axis,
+    cumulative_scores,
+    deepfaith_auc,
+    element_chunks,
     element_ranks,
     prepare,
+    resolve_baseline,
 )
 from xaibench.metrics.registry import register_metric
 
@@ -34,20 +36,13 @@ def _rise_curve(
     model: nn.Module, p: Prepared, step: int, substrate: Tensor, *, insert: bool, batch_size: int
 ) -> tuple[Tensor, Tensor]:
     """RISE's ``n + 1`` point curve over heatmap positions and its trapezoid AUC on ``[0, 1]``."""
-    positions = p.heatmaps[0].numel()
-    n_steps = math.ceil(positions / step)
-    chunk = element_ranks(p.heatmaps) // step  # (N, P) over the heatmap's own positions
+    # (N, P) chunk of each of the heatmap's own positions
+    chunk, n_steps = element_chunks(element_ranks(p.heatmaps), step)
     keep_fn = cumulative_keep(chunk, tuple(p.heatmaps.shape[1:]), first=-1, insert=insert)
     curve = evaluate_variants(
-        model,
-        p.images,
-        p.targets,
-        keep_fn,
-        n_steps + 1,
-        fill=substrate,
-        score=p.score,
+        model, p.images, p.targets, keep_fn, n_steps + 1, fill=substrate, score=p.score,
         batch_size=batch_size,
-    )
+    )  # fmt: skip
     return curve, torch.trapezoid(curve, dx=1.0 / n_steps, dim=1)
 
 
@@ -107,31 +102,21 @@ def faithfulness_deletion(
         metric="faithfulness_deletion", indices=indices, batch_size=batch_size, softmax=softmax, abs=abs,
         normalise=normalise,
     )  # fmt: skip
-    quantus = variant == "quantus"
     default_step = {"quantus": 1, "deepfaith": 3136, "rise": 224}[variant]
-    step = check_positive_int(
-        "features_in_step", features_in_step if features_in_step is not None else default_step
-    )
-    baseline = baseline if baseline is not None else ("black" if quantus else 0.0)
-    check_baseline(baseline, ("black", "white", "mean", "uniform") if quantus else ())
+    step = check_positive_int("features_in_step", features_in_step, default_step)
+    baseline = resolve_baseline(baseline, variant)
     if variant == "rise":
         curve, area = _rise_curve(
-            model, p, step, p.images.new_full((1,) * p.images.dim(), float(baseline)), insert=False,
-            batch_size=batch_size,
-        )  # fmt: skip
+            model, p, step, constant_fill(p.images, baseline), insert=False, batch_size=batch_size
+        )
         return {"faithfulness_deletion": area, "deletion_curve": curve}
-    f = p.images[0].numel()
-    k = math.ceil(f / step)
-    chunk = element_ranks(p.attributions) // step  # (N, F)
+    chunk, k = element_chunks(element_ranks(p.attributions), step)  # (N, F)
     fill = cumulative_fill(p.images, baseline, chunk, k, seed, p.index).view_as(p.images)
-    keep_fn = cumulative_keep(chunk, tuple(p.images.shape[1:]))
-    curve = evaluate_variants(
-        model, p.images, p.targets, keep_fn, k, fill=fill, score=p.score, batch_size=batch_size
-    )
-    if quantus:
+    curve = cumulative_scores(model, p, chunk, k, fill=fill, batch_size=batch_size)
+    if variant == "quantus":
         area = torch.trapezoid(curve, dx=1.0, dim=1)
     else:
-        area = torch.trapezoid(curve, deepfaith_axis(f, step).to(curve), dim=1)
+        area = deepfaith_auc(curve, p.images[0].numel(), step)
     return {"faithfulness_deletion": area, "deletion_curve": curve}
 
 
@@ -182,23 +167,16 @@ def faithfulness_insertion(
         model, images, heatmaps, targets, variant=variant, variants=("deepfaith", "rise"),
         metric="faithfulness_insertion", indices=indices, batch_size=batch_size, image_only=True,
     )  # fmt: skip
-    step = check_positive_int(
-        "features_in_step",
-        features_in_step
-        if features_in_step is not None
-        else (3136 if variant == "deepfaith" else 224),
-    )
-    ks = kernel_size if kernel_size is not None else (15 if variant == "deepfaith" else 11)
+    deepfaith = variant == "deepfaith"
+    step = check_positive_int("features_in_step", features_in_step, 3136 if deepfaith else 224)
+    ks = kernel_size if kernel_size is not None else (15 if deepfaith else 11)
     substrate = gaussian_blur(p.images, sigma, kernel_size=ks)
     if variant == "rise":
         curve, area = _rise_curve(model, p, step, substrate, insert=True, batch_size=batch_size)
         return {"faithfulness_insertion": area, "insertion_curve": curve}
-    f = p.images[0].numel()
-    k = math.ceil(f / step)
-    chunk = element_ranks(p.attributions) // step
-    keep_fn = cumulative_keep(chunk, tuple(p.images.shape[1:]), insert=True)
-    curve = evaluate_variants(
-        model, p.images, p.targets, keep_fn, k, fill=substrate, score=p.score, batch_size=batch_size
+    chunk, k = element_chunks(element_ranks(p.attributions), step)
+    curve = cumulative_scores(
+        model, p, chunk, k, fill=substrate, insert=True, batch_size=batch_size
     )
-    area = torch.trapezoid(curve, deepfaith_axis(f, step).to(curve), dim=1)
+    area = deepfaith_auc(curve, p.images[0].numel(), step)
     return {"faithfulness_insertion": area, "insertion_curve": curve}

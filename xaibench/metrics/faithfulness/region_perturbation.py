@@ -7,21 +7,19 @@ of decreasing attribution, cumulatively, and record the score drop
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from xaibench.metrics.engine import evaluate_variants
 from xaibench.metrics.faithfulness.common import (
     STREAM_ORDER,
-    check_baseline,
     check_positive_int,
     constant_fill,
-    cumulative_fill,
-    cumulative_keep,
+    cumulative_scores,
+    element_chunks,
     element_ranks,
     prepare,
+    region_scores,
+    resolve_baseline,
     uniform_draws,
 )
 from xaibench.metrics.registry import register_metric
@@ -111,21 +109,13 @@ def region_perturbation(
         metric="region_perturbation", indices=indices, batch_size=batch_size, softmax=softmax, abs=abs,
         normalise=normalise, image_only=True,
     )  # fmt: skip
-    quantus = variant == "quantus"
-    baseline = baseline if baseline is not None else ("black" if quantus else 0.0)
-    check_baseline(baseline, ("black", "white", "mean", "uniform") if quantus else ())
-    if not quantus:
-        step = check_positive_int(
-            "regions_evaluation", regions_evaluation if regions_evaluation is not None else 3136
+    baseline = resolve_baseline(baseline, variant)
+    if variant != "quantus":
+        step = check_positive_int("regions_evaluation", regions_evaluation, 3136)
+        chunk, k = element_chunks(element_ranks(p.attributions), step)
+        scores = cumulative_scores(
+            model, p, chunk, k, fill=constant_fill(p.images, baseline), batch_size=batch_size
         )
-        f = p.images[0].numel()
-        k = math.ceil(f / step)
-        chunk = element_ranks(p.attributions) // step
-        keep_fn = cumulative_keep(chunk, tuple(p.images.shape[1:]))
-        scores = evaluate_variants(
-            model, p.images, p.targets, keep_fn, k, fill=constant_fill(p.images, baseline), score=p.score,
-            batch_size=batch_size,
-        )  # fmt: skip
         curve = p.clean[:, None] - scores
         return {"region_perturbation": curve.mean(dim=1), "region_perturbation_curve": curve}
 
@@ -143,9 +133,7 @@ def region_perturbation(
             f"baseline='mean' with patch_size={patch} not dividing {h}x{w}: Quantus averages over its edge-padded "
             "image, which is not reproduced; use 'black' or a patch size that divides the image"
         )
-    limit = check_positive_int(
-        "regions_evaluation", regions_evaluation if regions_evaluation is not None else 100
-    )
+    limit = check_positive_int("regions_evaluation", regions_evaluation, 100)
     k = min(limit, blocks)
     sums = block_sums(p.attributions, block, blocks)  # (N, blocks)
     if order == "random":
@@ -155,12 +143,7 @@ def region_perturbation(
         sums, descending=order != "lerf"
     )  # (N, blocks) position of each block in the order
     step = ranks.gather(1, block.flatten().expand(n, -1))  # (N, H*W) step of each pixel
-    elem_step = step.repeat(1, c)  # (N, C*H*W), same for every channel
-    fill = cumulative_fill(p.images, baseline, elem_step, k, seed, p.index).view_as(p.images)
-    keep_fn = cumulative_keep(step, (1, h, w))
-    scores = evaluate_variants(
-        model, p.images, p.targets, keep_fn, k, fill=fill, score=p.score, batch_size=batch_size
-    )
+    scores = region_scores(model, p, step, k, baseline, seed, batch_size=batch_size)
     curve = p.clean[:, None] - scores
     return {
         "region_perturbation": torch.trapezoid(curve, dx=1.0, dim=1),
