@@ -105,3 +105,23 @@ def make_malicious_cifar(root: Path, marker: Path) -> Path:
     with open(root / "cifar-10-batches-py" / "data_batch_1", "wb") as f:
         pickle.dump({b"data": _Evil(marker), b"labels": [0]}, f, protocol=2)
     return root
+
+
+def set_cifar_label(root: Path, batch: str, index: int, label: int) -> Path:
+    """Rewrite label ``index`` of ``<root>/cifar-10-batches-py/<batch>`` to ``label``."""
+    path = root / "cifar-10-batches-py" / batch
+    with open(path, "rb") as f:
+        obj = pickle.load(f, encoding="bytes")
+    obj[b"labels"][index] = label
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+    return path
+
+
+def flip_byte(path: Path, offset: int | None = None) -> Path:
+    """XOR one byte of ``path`` (default: the middle one, pixel data in a CIFAR batch) with 0xFF;
+    the size stays the same."""
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2 if offset is None else offset] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    return path

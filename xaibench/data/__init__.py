@@ -8,6 +8,7 @@ from xaibench.data.datamodules import (
     XaiDataModule,
 )
 from xaibench.data.datasets import Batch, unpack_batch
+from xaibench.data.determinism import DeferredDataLoader, EpochReseed, EpochSampler
 from xaibench.data.errors import DatasetNotFoundError
 from xaibench.data.synthetic import SyntheticRecipe, compose
 
@@ -16,6 +17,9 @@ __all__ = [
     "Cifar10DataModule",
     "Cub200DataModule",
     "DatasetNotFoundError",
+    "DeferredDataLoader",
+    "EpochReseed",
+    "EpochSampler",
     "SyntheticDigitsDataModule",
     "SyntheticMnistDataModule",
     "SyntheticRecipe",

@@ -1,4 +1,5 @@
-"""Atomic, hash-keyed tensor caches (generated data, base checkpoints).
+"""Atomic, hash-keyed tensor caches (generated data, base checkpoints) and the
+hashes that key them (configs, file contents).
 
 Writes go to a temp file in the same folder and are renamed into place, so an
 interrupted write never leaves a half file under the final name. Loads use
@@ -24,6 +25,27 @@ def config_hash(obj: Any, length: int = 12) -> str:
     """Stable short hash of a JSON-serialisable object (keys sorted)."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
+
+
+_SHA256_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 hex digest of a file's bytes, memoized per (path, size, mtime_ns) in this process.
+
+    Repeated calls (every ``cache_key()``) hash a file once; a rewritten file
+    gets a new size or mtime and is hashed again.
+    """
+    path = Path(path).resolve()
+    st = path.stat()
+    memo = (str(path), st.st_size, st.st_mtime_ns)
+    if memo not in _SHA256_MEMO:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA256_MEMO[memo] = h.hexdigest()
+    return _SHA256_MEMO[memo]
 
 
 def normalize_key(key: Any) -> Any:

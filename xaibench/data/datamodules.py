@@ -9,6 +9,7 @@ hash of each split's sample ids), and yields batches of
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from xaibench import errors as _errors  # module import: xaibench.errors imports this package
 from xaibench.data import sources
-from xaibench.data.cache import cached, config_hash
+from xaibench.data.cache import cached, config_hash, file_sha256
 from xaibench.data.datasets import CubDataset, TensorImageDataset
+from xaibench.data.determinism import DeferredDataLoader, EpochSampler
 from xaibench.data.synthetic import SyntheticRecipe, compose, split_sources
 
 SPLITS = ("train", "val", "test")
@@ -28,6 +31,16 @@ SPLITS = ("train", "val", "test")
 
 def _ids_hash(ids: Tensor | list) -> str:
     return config_hash([int(i) for i in ids] if isinstance(ids, Tensor) else list(ids), 16)
+
+
+def _sha256s(paths: Iterable[Path]) -> dict[str, str]:
+    """File name -> sha256 of its bytes (the folder they live in is left out)."""
+    return {p.name: file_sha256(p) for p in paths}
+
+
+def _files_key(lister: Callable[[Path, str], Iterable[Path]], root: Path) -> dict[str, str]:
+    """:func:`_sha256s` of the files ``lister(root, split)`` names for the train and test splits."""
+    return _sha256s(p for split in ("train", "test") for p in lister(root, split))
 
 
 def _seeded_split(n: int, n_val: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -47,6 +60,10 @@ class XaiDataModule(pl.LightningDataModule):
         num_workers: DataLoader workers.
         seed: split seed (recorded).
         augment: random horizontal flips on the training split.
+
+    The training loader's order and augmentations are a function of
+    ``(seed, epoch)`` (:mod:`xaibench.data.determinism`), so a run resumed at
+    an epoch boundary sees the same batches as one never stopped.
     """
 
     name = "base"
@@ -81,6 +98,7 @@ class XaiDataModule(pl.LightningDataModule):
         raise NotImplementedError
 
     def _data_key(self) -> dict[str, Any]:
+        """What the data are: sizes, recipes and fingerprints of the files read (never paths)."""
         return {}
 
     # -- public ---------------------------------------------------------------
@@ -96,8 +114,12 @@ class XaiDataModule(pl.LightningDataModule):
         }
 
     def setup(self, stage: str | None = None) -> None:
+        """Build the splits once; every split's labels are checked against ``num_classes``."""
         if not self.splits:
-            self.splits = self._build()
+            splits = self._build()
+            for split in SPLITS:
+                self._check_labels(splits[split].labels, f"split {split!r}")  # type: ignore[attr-defined]
+            self.splits = splits
 
     def split_info(self) -> dict[str, Any]:
         """The recorded split: config key plus size and id hash of each split."""
@@ -112,13 +134,16 @@ class XaiDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
-        return DataLoader(
-            self.splits[split],
+        ds = self.splits[split]
+        sampler = EpochSampler(len(ds), self.seed) if shuffle else None  # type: ignore[arg-type]
+        return DeferredDataLoader(
+            ds,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             drop_last=False,
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -130,11 +155,27 @@ class XaiDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", False)
 
-    def _check_labels(self, labels: Tensor) -> None:
-        if len(labels) and int(labels.max()) >= self.num_classes:
-            raise ValueError(
-                f"{self.name}: labels go up to {int(labels.max())} but dataset.num_classes={self.num_classes}"
-            )
+    def _check_labels(self, labels: Tensor, where: str) -> None:
+        """Raise :class:`~xaibench.errors.DataError` unless every label is in ``[0, num_classes)``.
+
+        Args:
+            labels: class labels ``(M,)``.
+            where: the file or split they came from, for the message.
+        """
+        if len(labels) == 0:
+            return
+        lo, hi, n = int(labels.min()), int(labels.max()), self.num_classes
+        if lo >= 0 and hi < n:
+            return
+        fix = (
+            f"fix the negative labels in {where}"
+            if lo < 0
+            else f"fix {where} or set dataset.num_classes={hi + 1}"
+        )
+        raise _errors.DataError(
+            f"{self.name}: {where} has labels in [{lo}, {hi}] but dataset.num_classes={n} "
+            f"needs them in [0, {n - 1}]; {fix}"
+        )
 
 
 class SyntheticDigitsDataModule(XaiDataModule):
@@ -174,22 +215,26 @@ class SyntheticDigitsDataModule(XaiDataModule):
         pools = split_sources(len(digits), (0.7, 0.1, 0.2), self.seed)
         return {s: (digits[p], labels[p]) for s, p in pools.items()}
 
+    def _source_name(self, split: str) -> str:
+        return f"the {split} pool of scikit-learn's load_digits"
+
     def _generate(self) -> dict[str, Any]:
         src = self._sources()
         out: dict[str, Any] = {}
         for i, split in enumerate(SPLITS):
             d, lab = src[split]
+            self._check_labels(lab, self._source_name(split))
             out[split] = compose(d, lab, self.sizes[split], self.seed * 1000 + i, self.recipe)
         return out
 
     def _build(self) -> dict[str, Dataset]:
+        sources.require_folder(self.name, self.data_dir)
         key = self.cache_key()
         path = self.data_dir / self.name / f"{config_hash(key)}.pt"
         data = cached(path, key, self._generate)
         out = {}
         for split in SPLITS:
             d = data[split]
-            self._check_labels(d["labels"])
             self._split_ids[split] = d["source"]
             out[split] = TensorImageDataset(d["images"], d["labels"], d["masks"], augment=False)
         return out
@@ -231,10 +276,11 @@ class SyntheticMnistDataModule(SyntheticDigitsDataModule):
         tr, va = _seeded_split(len(tr_d), n_val, self.seed)
         return {"train": (tr_d[tr], tr_l[tr]), "val": (tr_d[va], tr_l[va]), "test": (te_d, te_l)}
 
+    def _source_name(self, split: str) -> str:
+        return f"{'t10k' if split == 'test' else 'train'}-labels-idx1-ubyte ({split} pool)"
+
     def _data_key(self) -> dict[str, Any]:
-        # the IDX files are part of what the data is: key on their sizes
-        files = sorted(p for p in self.data_dir.rglob("*idx*-ubyte*") if p.is_file())
-        return {**super()._data_key(), "files": [(p.name, p.stat().st_size) for p in files]}
+        return {**super()._data_key(), "files": _files_key(sources.mnist_files, self.data_dir)}
 
 
 class Cifar10DataModule(XaiDataModule):
@@ -256,12 +302,14 @@ class Cifar10DataModule(XaiDataModule):
         self.val_size = int(val_size)
 
     def _data_key(self) -> dict[str, Any]:
-        return {"val_size": self.val_size}
+        return {
+            "val_size": self.val_size,
+            "files": _files_key(sources.cifar10_files, self.data_dir),
+        }
 
     def _build(self) -> dict[str, Dataset]:
-        tr_x, tr_y = sources.cifar10(self.data_dir, "train")
-        te_x, te_y = sources.cifar10(self.data_dir, "test")
-        self._check_labels(torch.cat([tr_y, te_y]))
+        tr_x, tr_y = sources.cifar10(self.data_dir, "train", self._check_labels)
+        te_x, te_y = sources.cifar10(self.data_dir, "test", self._check_labels)
         if not 0 < self.val_size < len(tr_y):
             raise ValueError(f"dataset.val_size={self.val_size} must be in (0, {len(tr_y)})")
         tr, va = _seeded_split(len(tr_y), self.val_size, self.seed)
@@ -299,17 +347,32 @@ class Cub200DataModule(XaiDataModule):
         self.classes: list[int] = []
 
     def _data_key(self) -> dict[str, Any]:
-        return {"class_seed": self.class_seed, "val_fraction": self.val_fraction}
+        meta, mapped = self._select()
+        used = [meta["paths"][i] for i in torch.nonzero(mapped >= 0).squeeze(1).tolist()]
+        folder = sources.cub_folder(self.data_dir)
+        return {
+            "class_seed": self.class_seed,
+            "val_fraction": self.val_fraction,
+            "files": _sha256s(folder / name for name in sources.CUB_TABLES),
+            "images": sources.cub_images_fingerprint(meta["root"], used, self.data_dir),
+        }
 
     def split_info(self) -> dict[str, Any]:
         return {**super().split_info(), "classes": self.classes}
 
-    def _build(self) -> dict[str, Dataset]:
+    def _select(self) -> tuple[dict[str, Any], Tensor]:
+        """The metadata and each image's label among the ``num_classes`` drawn classes
+        (``(M,)``, -1 for images of other classes); sets :attr:`classes`."""
         meta = sources.cub_metadata(self.data_dir)
         labels: Tensor = meta["labels"]  # type: ignore[assignment]
+        if len(labels) and int(labels.min()) < 0:
+            raise _errors.DataError(
+                f"cub200: {sources.CUB_DIR}/image_class_labels.txt has class id "
+                f"{int(labels.min()) + 1}; CUB class ids start at 1: fix that file"
+            )
         present = labels.unique()
         if len(present) < self.num_classes:
-            raise ValueError(
+            raise _errors.DataError(
                 f"cub200: dataset.num_classes={self.num_classes} but only {len(present)} classes were found under {self.data_dir}"
             )
         g = torch.Generator().manual_seed(self.class_seed)
@@ -319,13 +382,17 @@ class Cub200DataModule(XaiDataModule):
         self.classes = [int(c) for c in chosen]
         remap = torch.full((int(labels.max()) + 1,), -1, dtype=torch.long)
         remap[chosen] = torch.arange(self.num_classes)
-        keep = remap[labels] >= 0
+        return meta, remap[labels]
+
+    def _build(self) -> dict[str, Dataset]:
+        meta, mapped = self._select()
+        keep = mapped >= 0
         is_train: Tensor = meta["is_train"]  # type: ignore[assignment]
         tr_all = torch.nonzero(keep & is_train).squeeze(1)
         te = torch.nonzero(keep & ~is_train).squeeze(1)
         n_val = max(1, int(round(self.val_fraction * len(tr_all))))
         if len(tr_all) <= n_val or len(te) == 0:
-            raise ValueError(
+            raise _errors.DataError(
                 f"cub200: too few images for a train/val/test split ({len(tr_all)} train, {len(te)} test)"
             )
         tr_pos, va_pos = _seeded_split(len(tr_all), n_val, self.seed)
@@ -336,7 +403,7 @@ class Cub200DataModule(XaiDataModule):
             return CubDataset(
                 meta["root"],
                 [meta["paths"][i] for i in idx.tolist()],
-                remap[labels[idx]],
+                mapped[idx],
                 meta["boxes"][idx],
                 size=self.image_size,
                 augment=augment,

@@ -35,6 +35,24 @@ def unpack_batch(batch: tuple | list) -> Batch:
     raise ValueError(f"a batch has 3 (image, label, index) or 4 (+ mask) items, got {len(batch)}")
 
 
+def sample_key(key: int | tuple[int, int]) -> tuple[int, torch.Generator | None]:
+    """The index and augmentation RNG of a sample key.
+
+    A key is a plain index (augmentations then draw from the global torch RNG)
+    or ``(index, sample_seed)`` from :class:`~xaibench.data.determinism.EpochSampler`
+    (they draw from a generator seeded with ``sample_seed``, the same in any worker).
+    """
+    if isinstance(key, (tuple, list)):
+        index, seed = key
+        return int(index), torch.Generator().manual_seed(int(seed))
+    return int(key), None
+
+
+def flip_coin(rng: torch.Generator | None) -> bool:
+    """A fair coin from ``rng`` (the global torch RNG if None): flip this sample?"""
+    return bool(torch.rand((), generator=rng) < 0.5)
+
+
 class TensorImageDataset(Dataset):
     """Images held in memory as uint8 ``(M, C, H, W)``; optional masks ``(M, 1, H, W)`` bool.
 
@@ -61,7 +79,8 @@ class TensorImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        i, rng = sample_key(key)
         x = self.images[i].float() / 255.0
         m = self.masks[i] if self.masks is not None else None
         if self.size is not None and x.shape[-1] != self.size:
@@ -72,7 +91,7 @@ class TensorImageDataset(Dataset):
                 m = F.interpolate(m[None].float(), size=(self.size, self.size), mode="nearest")[
                     0
                 ].bool()
-        if self.augment and torch.rand(()) < 0.5:
+        if self.augment and flip_coin(rng):
             x = x.flip(-1)
             m = m.flip(-1) if m is not None else None
         out = (x, self.labels[i], torch.tensor(i))
@@ -107,9 +126,10 @@ class CubDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
         from PIL import Image
 
+        i, rng = sample_key(key)
         path = self.root / self.paths[i]
         try:
             with Image.open(path) as im:
@@ -130,6 +150,6 @@ class CubDataset(Dataset):
         m[
             :, int(by * sy) : int(round((by + bh) * sy)), int(bx * sx) : int(round((bx + bw) * sx))
         ] = True
-        if self.augment and torch.rand(()) < 0.5:
+        if self.augment and flip_coin(rng):
             x, m = x.flip(-1), m.flip(-1)
         return x, self.labels[i], torch.tensor(i), m

@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import pickle
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,32 @@ CUB_FILES = [
     "images/",
 ]
 CUB_HOW = "download CUB_200_2011.tgz from https://www.vision.caltech.edu/datasets/cub_200_2011/ and extract it into <data_dir>"
+DIGITS_HOW = "nothing to get: it is generated from scikit-learn's digits into <data_dir>/synthetic_digits/ on first use; point paths.data_dir at a writable folder"
+LAYOUT = {
+    "synthetic_mnist": (
+        [f"MNIST/raw/{s}[.gz]" for pair in MNIST_FILES.values() for s in pair],
+        MNIST_HOW,
+    ),
+    "cifar10": ([f"{CIFAR_DIR}/{f}" for f in CIFAR_FILES], CIFAR_HOW),
+    "cub200": ([f"{CUB_DIR}/{f}" for f in CUB_FILES], CUB_HOW),
+    "synthetic_digits": (["synthetic_digits/<key hash>.pt (written on first use)"], DIGITS_HOW),
+}
+"""Dataset name -> (files expected under ``paths.data_dir``, how to get them)."""
+
+
+def not_found(name: str, root: Path, problem: str = "") -> DatasetNotFoundError:
+    """The :class:`DatasetNotFoundError` for dataset ``name`` looked for under ``root``."""
+    expected, how = LAYOUT[name]
+    return DatasetNotFoundError(name, root, expected, how, problem=problem)
+
+
+def require_folder(name: str, root: Path) -> None:
+    """Raise :class:`DatasetNotFoundError` when ``root`` (``paths.data_dir``) or the nearest
+    of its parents that exists is a file."""
+    blocker = next((p for p in (root, *root.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        where = f"paths.data_dir={root}" if blocker == root else f"{blocker} (in paths.data_dir)"
+        raise not_found(name, root, f"{where} is a file, not a folder")
 
 
 def sklearn_digits() -> tuple[Tensor, Tensor]:
@@ -72,26 +100,33 @@ def _read_idx(path: Path) -> np.ndarray:
     return body.reshape(dims)
 
 
+def mnist_files(root: Path | str, split: str) -> tuple[Path, Path]:
+    """The (images, labels) IDX files of MNIST ``split`` under ``root``, as :func:`mnist` reads them.
+
+    Raises:
+        DatasetNotFoundError: ``root`` is a file, or either file is missing.
+    """
+    root = Path(root)
+    require_folder("synthetic_mnist", root)
+    images, labels = (_find_idx(root, stem) for stem in MNIST_FILES[split])
+    if images is None or labels is None:
+        raise not_found("synthetic_mnist", root)
+    return images, labels
+
+
 def mnist(root: Path | str, split: str) -> tuple[Tensor, Tensor]:
     """MNIST ``split`` (``train``/``test``): strokes ``(M, 28, 28)`` in [0, 1], labels ``(M,)``."""
     root = Path(root)
-    paths = [_find_idx(root, stem) for stem in MNIST_FILES[split]]
-    expected = [f"MNIST/raw/{s}[.gz]" for pair in MNIST_FILES.values() for s in pair]
-    if any(p is None for p in paths):
-        raise DatasetNotFoundError("synthetic_mnist", root, expected, MNIST_HOW)
+    paths = mnist_files(root, split)
     try:
-        images, labels = (_read_idx(p) for p in paths)  # type: ignore[arg-type]
+        images, labels = (_read_idx(p) for p in paths)
     except (OSError, ValueError) as e:
-        raise DatasetNotFoundError(
-            "synthetic_mnist", root, expected, MNIST_HOW, problem=str(e)
-        ) from e
+        raise not_found("synthetic_mnist", root, problem=str(e)) from e
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise DatasetNotFoundError(
+        raise not_found(
             "synthetic_mnist",
             root,
-            expected,
-            MNIST_HOW,
-            problem=f"images {images.shape} and labels {labels.shape} do not match",
+            f"images {images.shape} and labels {labels.shape} do not match",
         )
     return torch.from_numpy(images.copy()).float() / 255.0, torch.from_numpy(
         labels.astype(np.int64)
@@ -132,34 +167,19 @@ def load_cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
             unpickler for anything but plain types (nothing is executed).
     """
     root = path.parent.parent
-    expected = [f"{CIFAR_DIR}/{f}" for f in CIFAR_FILES]
     if not path.is_file():
-        raise DatasetNotFoundError(
-            "cifar10", root, expected, CIFAR_HOW, problem=f"{path.name} missing"
-        )
+        raise not_found("cifar10", root, f"{path.name} missing")
     try:
         with open(path, "rb") as f:
             obj = _CifarUnpickler(f, encoding="bytes").load()
     except pickle.UnpicklingError as e:
-        raise DatasetNotFoundError(
-            "cifar10", root, expected, CIFAR_HOW, problem=f"{path}: {e}"
-        ) from e
+        raise not_found("cifar10", root, f"{path}: {e}") from e
     except Exception as e:  # truncated or not a pickle at all
-        raise DatasetNotFoundError(
-            "cifar10",
-            root,
-            expected,
-            CIFAR_HOW,
-            problem=f"{path} is not a CIFAR batch ({type(e).__name__}: {e})",
+        raise not_found(
+            "cifar10", root, f"{path} is not a CIFAR batch ({type(e).__name__}: {e})"
         ) from e
     if not isinstance(obj, dict):
-        raise DatasetNotFoundError(
-            "cifar10",
-            root,
-            expected,
-            CIFAR_HOW,
-            problem=f"{path} holds {type(obj).__name__}, not a dict",
-        )
+        raise not_found("cifar10", root, f"{path} holds {type(obj).__name__}, not a dict")
     data, labels = obj.get(b"data", obj.get("data")), obj.get(b"labels", obj.get("labels"))
     if (
         not isinstance(data, np.ndarray)
@@ -168,86 +188,103 @@ def load_cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
         or data.shape[1] != 3072
         or len(labels) != len(data)
     ):
-        raise DatasetNotFoundError(
-            "cifar10",
-            root,
-            expected,
-            CIFAR_HOW,
-            problem=f"{path} lacks data (M,3072) uint8 and matching labels",
-        )
+        raise not_found("cifar10", root, f"{path} lacks data (M,3072) uint8 and matching labels")
     images = torch.from_numpy(np.ascontiguousarray(data, dtype=np.uint8)).view(-1, 3, 32, 32)
     return images, torch.as_tensor(list(labels), dtype=torch.long)
 
 
-def cifar10(root: Path | str, split: str) -> tuple[Tensor, Tensor]:
-    """CIFAR-10 ``train`` (50k) or ``test`` (10k) from ``<root>/cifar-10-batches-py``."""
-    folder = Path(root) / CIFAR_DIR
+def cifar10_files(root: Path | str, split: str) -> list[Path]:
+    """The batch files of CIFAR-10 ``split`` (``train``: 5, ``test``: 1) under ``root``.
+
+    Raises:
+        DatasetNotFoundError: ``root`` is a file, or the folder or a batch is missing.
+    """
+    root = Path(root)
+    require_folder("cifar10", root)
+    folder = root / CIFAR_DIR
     if not folder.is_dir():
-        raise DatasetNotFoundError(
-            "cifar10",
-            Path(root),
-            [f"{CIFAR_DIR}/{f}" for f in CIFAR_FILES],
-            CIFAR_HOW,
-            problem=f"folder {CIFAR_DIR}/ missing",
-        )
-    names = CIFAR_FILES[:5] if split == "train" else ["test_batch"]
-    parts = [load_cifar_batch(folder / n) for n in names]
+        raise not_found("cifar10", root, f"folder {CIFAR_DIR}/ missing")
+    paths = [folder / n for n in (CIFAR_FILES[:5] if split == "train" else ["test_batch"])]
+    missing = next((p for p in paths if not p.is_file()), None)
+    if missing is not None:
+        raise not_found("cifar10", root, f"{missing.name} missing")
+    return paths
+
+
+def cifar10(
+    root: Path | str, split: str, check_labels: Callable[[Tensor, str], None] | None = None
+) -> tuple[Tensor, Tensor]:
+    """CIFAR-10 ``train`` (50k) or ``test`` (10k) from ``<root>/cifar-10-batches-py``.
+
+    Args:
+        root: ``paths.data_dir``.
+        split: ``train`` or ``test``.
+        check_labels: called with each batch's labels ``(M,)`` and its name
+            (``cifar-10-batches-py/data_batch_1``); raises on bad labels.
+
+    Returns:
+        Images ``(M, 3, 32, 32)`` uint8 and labels ``(M,)`` int64.
+    """
+    paths = cifar10_files(root, split)
+    parts = [load_cifar_batch(p) for p in paths]
+    for path, (_, labels) in zip(paths, parts, strict=True):
+        if check_labels is not None:
+            check_labels(labels, f"{CIFAR_DIR}/{path.name}")
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 # --------------------------------------------------------------------------- CUB-200-2011
 
+CUB_TABLES = {
+    "images.txt": 2,
+    "image_class_labels.txt": 2,
+    "train_test_split.txt": 2,
+    "bounding_boxes.txt": 5,
+}
+"""The metadata files :func:`cub_metadata` reads, with their number of fields."""
+
 
 def _read_table(path: Path, ncols: int, root: Path) -> list[list[str]]:
     if not path.is_file():
-        raise DatasetNotFoundError(
-            "cub200",
-            root,
-            [f"{CUB_DIR}/{f}" for f in CUB_FILES],
-            CUB_HOW,
-            problem=f"{path.name} missing",
-        )
+        raise not_found("cub200", root, f"{path.name} missing")
     rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
     bad = next((i for i, r in enumerate(rows) if len(r) != ncols), None)
     if bad is not None:
-        raise DatasetNotFoundError(
+        raise not_found(
             "cub200",
             root,
-            [f"{CUB_DIR}/{f}" for f in CUB_FILES],
-            CUB_HOW,
-            problem=f"{path.name} line {bad + 1} has {len(rows[bad])} fields, expected {ncols}",
+            f"{path.name} line {bad + 1} has {len(rows[bad])} fields, expected {ncols}",
         )
     return rows
+
+
+def cub_folder(root: Path | str) -> Path:
+    """``<root>/CUB_200_2011``, checked to hold ``images/``.
+
+    Raises:
+        DatasetNotFoundError: ``root`` is a file, or the folders are missing.
+    """
+    root = Path(root)
+    require_folder("cub200", root)
+    folder = root / CUB_DIR
+    if not folder.is_dir() or not (folder / "images").is_dir():
+        raise not_found("cub200", root, f"folder {CUB_DIR}/ or {CUB_DIR}/images/ missing")
+    return folder
 
 
 def cub_metadata(root: Path | str) -> dict[str, Tensor | list[str] | Path]:
     """CUB metadata: ``paths`` (relative to images/), ``labels`` (0-based), ``is_train``, ``boxes`` (x, y, w, h)."""
     root = Path(root)
-    folder = root / CUB_DIR
-    if not folder.is_dir() or not (folder / "images").is_dir():
-        raise DatasetNotFoundError(
-            "cub200",
-            root,
-            [f"{CUB_DIR}/{f}" for f in CUB_FILES],
-            CUB_HOW,
-            problem=f"folder {CUB_DIR}/ or {CUB_DIR}/images/ missing",
-        )
-    images = _read_table(folder / "images.txt", 2, root)
-    labels = dict(_read_table(folder / "image_class_labels.txt", 2, root))
-    split = dict(_read_table(folder / "train_test_split.txt", 2, root))
-    boxes = {
-        r[0]: [float(v) for v in r[1:]] for r in _read_table(folder / "bounding_boxes.txt", 5, root)
-    }
+    folder = cub_folder(root)
+    images, labels, split, boxes = (
+        _read_table(folder / name, ncols, root) for name, ncols in CUB_TABLES.items()
+    )
+    labels, split = dict(labels), dict(split)
+    boxes = {r[0]: [float(v) for v in r[1:]] for r in boxes}
     ids = [r[0] for r in images]
     missing = [i for i in ids if i not in labels or i not in split or i not in boxes]
     if missing:
-        raise DatasetNotFoundError(
-            "cub200",
-            root,
-            [f"{CUB_DIR}/{f}" for f in CUB_FILES],
-            CUB_HOW,
-            problem=f"image ids {missing[:5]} lack a label, split or box",
-        )
+        raise not_found("cub200", root, f"image ids {missing[:5]} lack a label, split or box")
     return {
         "root": folder / "images",
         "paths": [r[1] for r in images],
@@ -255,3 +292,21 @@ def cub_metadata(root: Path | str) -> dict[str, Tensor | list[str] | Path]:
         "is_train": torch.tensor([split[i] == "1" for i in ids]),
         "boxes": torch.tensor([boxes[i] for i in ids]),
     }
+
+
+def cub_images_fingerprint(images_root: Path, paths: list[str], root: Path) -> str:
+    """sha256 over the sorted ``(relative path, size in bytes)`` of the CUB images ``paths``.
+
+    Cheap (one ``stat`` per image, no pixel reads) and independent of where the
+    folder lives.
+
+    Raises:
+        DatasetNotFoundError: an image listed in images.txt is missing.
+    """
+    listing = []
+    for rel in sorted(paths):
+        try:
+            listing.append(f"{rel}\t{(images_root / rel).stat().st_size}")
+        except OSError as e:
+            raise not_found("cub200", root, f"image {rel} listed in images.txt is missing") from e
+    return hashlib.sha256("\n".join(listing).encode()).hexdigest()
