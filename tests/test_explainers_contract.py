@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from xaibench.explainers import (
     EXPLAINERS,
     Explainer,
+    LearnedExplainer,
     count_hooks,
     get_explainer,
     list_explainers,
@@ -29,8 +30,8 @@ from xaibench.models import resnet18
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "explainer"
 # configs/explainer files that are not registry entries: `none` (no explainer,
-# classifier-only runs); `lax` until its training-time explainer registers itself.
-NON_REGISTRY_CONFIGS = {"none", "lax"}
+# classifier-only runs)
+NON_REGISTRY_CONFIGS = {"none"}
 # cheap settings for the slow methods; anything else runs with its defaults
 FAST: dict[str, dict] = {
     "lime": {"n_samples": 16, "patch": 8},
@@ -45,8 +46,16 @@ NAMES = list_explainers()
 SIZE = 32
 
 
-def fast(name: str, **kw) -> Explainer:
-    return get_explainer(name, **{**FAST.get(name, {}), **kw})
+def fast(name: str, model: nn.Module, **kw) -> Explainer:
+    """The explainer with cheap settings, ready for ``model``: a learned one is attached to
+    it with its seeded initial weights (its contract does not depend on training)."""
+    explainer = get_explainer(name, **{**FAST.get(name, {}), **kw})
+    if isinstance(explainer, LearnedExplainer):
+        explainer.attach(model, SIZE)
+    return explainer
+
+
+LEARNED = [n for n in NAMES if issubclass(EXPLAINERS.get(n), LearnedExplainer)]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -126,11 +135,11 @@ def test_config_instantiates_registered_class(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_contract(name):
     model = prepared_model()
+    explainer = fast(name, model)  # attaching a learned explainer freezes the classifier
     before = model_state(model)
     rng, np_rng = torch.get_rng_state(), np.random.get_state()[1].copy()
     images, targets = batch(16)
     images_copy = images.clone()
-    explainer = fast(name)
 
     h16 = explainer(model, images, targets)
     check_maps(h16, images)
@@ -139,7 +148,7 @@ def test_contract(name):
     assert torch.equal(torch.get_rng_state(), rng), "torch's global RNG state changed"
     assert (np.random.get_state()[1] == np_rng).all(), "numpy's global RNG state changed"
 
-    again = fast(name)(model, images, targets)  # a fresh instance, same settings/seed
+    again = fast(name, model)(model, images, targets)  # a fresh instance, same settings/seed
     assert torch.equal(again, h16), "not deterministic"
 
     h1 = explainer(model, images[:1], targets[:1])
@@ -151,7 +160,7 @@ def test_contract(name):
 def test_float64_and_scalar_target(name):
     model = tiny_model().double()
     images, _ = batch(2)
-    h = fast(name, batch_size=1)(model, images.double(), 3)  # chunked, one target for all
+    h = fast(name, model, batch_size=1)(model, images.double(), 3)  # chunked, one target for all
     check_maps(h, images.double())
 
 
@@ -171,14 +180,15 @@ class Exploding(nn.Module):
 @pytest.mark.parametrize("name", [n for n in NAMES if EXPLAINERS.get(n).uses_model])
 def test_model_restored_after_mid_forward_error(name):
     model = prepared_model()
+    explainer = fast(name, model)
     model.layer3 = Exploding(model.layer3)
     before = model_state(model)
     images, targets = batch(2)
     with pytest.raises(Exception, match="boom mid-forward"):
-        fast(name)(model, images, targets)
+        explainer(model, images, targets)
     assert_unchanged(model, before)
     model.layer3.armed = False  # still usable, same answer as a pristine model
-    assert fast(name)(model, images, targets).shape == (2, 1, SIZE, SIZE)
+    assert explainer(model, images, targets).shape == (2, 1, SIZE, SIZE)
 
 
 class NoClassCount(nn.Module):
@@ -203,14 +213,16 @@ def test_bad_target(name):
     with pytest.raises(
         ValueError, match=r"targets must be class indices in \[0, 10\); got values in \[0, 99\]"
     ):
-        fast(name)(model, images, torch.tensor([0, 99]))
+        fast(name, model)(model, images, torch.tensor([0, 99]))
+    if name in LEARNED:
+        return  # explains only the classifier it was attached to (tested in test_lax.py)
     wrapped = NoClassCount(model)
     before = model_state(wrapped)
     if EXPLAINERS.get(name).uses_targets:  # the method itself trips over the target
         with pytest.raises((IndexError, RuntimeError, ValueError)):
-            fast(name)(wrapped, images, torch.tensor([0, 99]))
+            fast(name, wrapped)(wrapped, images, torch.tensor([0, 99]))
     else:  # class-agnostic (eigencam, kpcacam): the target is never read
-        check_maps(fast(name)(wrapped, images, torch.tensor([0, 99])), images)
+        check_maps(fast(name, wrapped)(wrapped, images, torch.tensor([0, 99])), images)
     assert_unchanged(wrapped, before)
 
 
@@ -218,7 +230,7 @@ def test_bad_target(name):
 def test_inference_mode(name):
     model = tiny_model()
     images, targets = batch(2)
-    explainer = fast(name)
+    explainer = fast(name, model)
     with torch.inference_mode():
         if explainer.needs_grad:
             with pytest.raises(RuntimeError, match=r"inference_mode\(\).*inference_mode=False"):
@@ -242,7 +254,7 @@ class ExplainInTest(pl.LightningModule):
         x, y = batch
         self.grad_enabled.append(torch.is_grad_enabled())
         for name in NAMES:
-            self.maps[name] = fast(name)(self.net, x, y)
+            self.maps[name] = fast(name, self.net)(self.net, x, y)
 
 
 def test_inside_lightning_test_step(tmp_path):
@@ -266,7 +278,7 @@ def test_inside_lightning_test_step(tmp_path):
     assert set(module.maps) == set(NAMES)
     for name, h in module.maps.items():
         check_maps(h, images)
-        direct = fast(name)(module.net, images, targets)
+        direct = fast(name, module.net)(module.net, images, targets)
         assert torch.allclose(h, direct, atol=1e-5), f"{name}: differs inside the test loop"
 
 
@@ -275,15 +287,32 @@ def test_unknown_name_suggests_closest():
         get_explainer("gradcm")
 
 
-def test_device_mismatch_message():
+def test_input_errors_name_the_problem():
     model = tiny_model()
     images, targets = batch(1)
+    gradcam = get_explainer("gradcam")
     with pytest.raises(ValueError, match="images must be floating point"):
-        get_explainer("gradcam")(model, (images * 255).to(torch.uint8), targets)
+        gradcam(model, (images * 255).to(torch.uint8), targets)
     with pytest.raises(ValueError, match=r"targets \(2,\) must be \(N,\) = \(1,\)"):
-        get_explainer("gradcam")(model, images, torch.tensor([1, 2]))
+        gradcam(model, images, torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="targets must be integer class indices"):
-        get_explainer("gradcam")(model, images, torch.tensor([1.0]))
+        gradcam(model, images, torch.tensor([1.0]))
+    # a device mismatch, without a GPU: the images on the meta device
+    with pytest.raises(ValueError, match=r"images are on meta but the model is on cpu"):
+        gradcam(model, images.to("meta"), targets)
+    with pytest.raises(
+        ValueError, match=r"images are torch.float64 but the model's parameters are torch.float32"
+    ):
+        gradcam(model, images.double(), targets)
+
+
+@pytest.mark.parametrize("name", ["saliency", "guided_backprop", "gradcam", "lime"])
+def test_non_finite_images_are_refused(name):
+    model = tiny_model()
+    images, targets = batch(2)
+    images[1] = float("nan")
+    with pytest.raises(ValueError, match=rf"images contain {3 * SIZE * SIZE} non-finite values"):
+        fast(name, model)(model, images, targets)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -291,5 +320,5 @@ def test_device_mismatch_message():
 def test_cuda_device(name):
     model = tiny_model().cuda()
     images, targets = batch(4)
-    h = fast(name)(model, images.cuda(), targets.cuda())
+    h = fast(name, model)(model, images.cuda(), targets.cuda())
     check_maps(h, images.cuda())

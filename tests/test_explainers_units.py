@@ -1,8 +1,9 @@
 """Building blocks of the explainers: post-processing, feature masks, baselines,
-the model guard, the learned-explainer adapter, chunking and config options."""
+the model guard, the learned-explainer steps, chunking and config options."""
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from torch import Tensor, nn
@@ -71,7 +72,10 @@ def test_grid_and_slic_masks():
 def test_baselines():
     x = torch.rand(2, 3, 16, 16)
     assert torch.equal(make_baseline(x, 0.5), torch.full_like(x, 0.5))
-    torch.testing.assert_close(make_baseline(x, "mean")[:, :, 3, 4], x.mean((2, 3)))
+    # one definition with the metrics: "mean" is each image's mean over all positions
+    torch.testing.assert_close(
+        make_baseline(x, "mean")[:, :, 3, 4], x.mean((1, 2, 3))[:, None].expand(2, 3)
+    )
     blurred = make_baseline(x, "blur")
     assert blurred.shape == x.shape and blurred.std() < x.std()
     d1, d2 = baseline_distribution(x, 4, seed=3), baseline_distribution(x, 4, seed=3)
@@ -100,8 +104,8 @@ def test_guard_restores_everything_even_on_error():
     assert model.layer4[-1] is layer and not hasattr(model.fc, "rule")
 
 
-class ToyLearned(nn.Module):
-    """A learned explainer stand-in: sigmoid of a 1x1 conv, one forward pass."""
+class ToyModule(pl.LightningModule):
+    """A learned explainer's module: sigmoid of a 1x1 conv (dropout, so eval mode shows)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -112,16 +116,45 @@ class ToyLearned(nn.Module):
         return torch.sigmoid(self.drop(self.head(images)))
 
 
-def test_learned_explainer_adapter():
+class ToyLearned(LearnedExplainer):
+    def build_module(self, classifier: nn.Module, image_size: int) -> ToyModule:
+        return ToyModule()
+
+    def module_state(self) -> dict[str, Tensor]:
+        return self.module.head.state_dict()
+
+    def load_module_state(self, path) -> None:
+        self.module.head.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+
+
+def test_learned_explainer_steps(tmp_path):
     net = resnet18(10, width=0.125, stem="stride2")
-    learned = ToyLearned().train()
-    x = torch.rand(5, 3, 16, 16)
-    h = LearnedExplainer(learned, batch_size=2)(net, x, torch.zeros(5, dtype=torch.long))
-    expected = torch.sigmoid(learned.head(x)).detach()  # eval mode inside: dropout off
+    x, t = torch.rand(5, 3, 16, 16), torch.zeros(5, dtype=torch.long)
+    learned = ToyLearned(batch_size=2)
+    with pytest.raises(RuntimeError, match=r"'explainer' is learned and not trained yet"):
+        learned(net, x, t)
+    module = learned.attach(net, 16).train()
+    h = learned(net, x, t)
+    expected = torch.sigmoid(module.head(x)).detach()  # eval mode inside: dropout off
     torch.testing.assert_close(h, expected)
-    assert learned.training and learned.head.weight.requires_grad
-    with pytest.raises(TypeError, match=r"ToyLearned has no method 'predict_mask'"):
-        LearnedExplainer(learned, method="predict_mask")
+    assert module.training and module.head.weight.requires_grad  # restored afterwards
+    # seeded initial weights: a second instance explains identically, global RNG untouched
+    rng = torch.get_rng_state()
+    torch.testing.assert_close(ToyLearned().attach(net, 16).head.weight, module.head.weight)
+    assert torch.equal(torch.get_rng_state(), rng)
+    with pytest.raises(ValueError, match="was trained on another classifier"):
+        learned(resnet18(10, width=0.125, stem="stride2"), x, t)
+    # save -> load into a fresh instance: same maps
+    with torch.no_grad():
+        module.head.weight.add_(1.0)
+    path = learned.save(tmp_path / "toy.pt", {"epochs": 3})
+    other = ToyLearned()
+    other.attach(net, 16)
+    other.load(path)
+    torch.testing.assert_close(other(net, x, t), learned(net, x, t))
+    assert torch.load(path, weights_only=True)["meta"] == {"epochs": 3}
+    with pytest.raises(ValueError, match=r"ckpt_path=.*missing.pt is not a file"):
+        other.load(tmp_path / "missing.pt")
 
 
 def test_subclass_plugs_in_with_low_res_output():

@@ -1,7 +1,11 @@
-"""What ``train.py`` runs: data → cached base classifier → explainer → evaluation.
+"""What ``train.py`` and ``eval.py`` run: data → cached base classifier → explainers → evaluation.
 
-The entry point only composes the config; every step lives here so tests and
-notebooks can call it too.
+One path for every component: the datamodule, the explainers (the main one
+and each ``compare_with``), the metric entries, trainer, loggers and
+callbacks are instantiated from their configs by :mod:`xaibench.build`; an
+explainer that has a ``fit`` step (a learned one) gets it called, whatever
+its name. Before any training, :func:`xaibench.preflight.preflight` calls
+every explainer and metric once, so a bad value fails in seconds.
 """
 
 from __future__ import annotations
@@ -11,52 +15,50 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from xaibench.build import (
+    build_callbacks,
+    build_datamodule,
+    build_explainer,
+    build_loggers,
+    build_metrics,
+    build_trainer,
+    explainer_configs,
+)
 from xaibench.data import XaiDataModule, unpack_batch
 from xaibench.data.cache import atomic_save, config_hash, load_checked, normalize_key
+from xaibench.data.determinism import EpochReseed
+from xaibench.errors import USER_ERRORS, ConfigError
 from xaibench.eval import EvaluationCallback, ExplainerTestModule, save_overlays, write_tables
+from xaibench.preflight import preflight
 
 log = logging.getLogger(__name__)
 
-DATASET_META_KEYS = (
-    "name",
-    "stem",
-    "alpha_min",
-)  # dataset-config keys that describe, not construct
+__all__ = [
+    "base_checkpoint_path",
+    "base_classifier",
+    "build_datamodule",
+    "evaluate_only",
+    "lookup_metric",
+    "run_guarded",
+    "train",
+]
 
 
-def build_datamodule(cfg: DictConfig) -> XaiDataModule:
-    """Instantiate ``cfg.dataset`` (minus its metadata keys)."""
-    ds = OmegaConf.to_container(cfg.dataset, resolve=True)
-    for k in DATASET_META_KEYS:
-        ds.pop(k, None)  # type: ignore[union-attr]
-    return instantiate(ds)
-
-
-def build_loggers(cfg: DictConfig) -> list[pl.loggers.Logger]:
-    """Instantiate every logger under ``cfg.logger`` (none if empty)."""
-    return [
-        instantiate(c)
-        for c in (cfg.get("logger") or {}).values()
-        if c is not None and "_target_" in c
-    ]
-
-
-def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
-    """Instantiate ``cfg.trainer`` with per-stage overrides (max_epochs, callbacks, logger)."""
-    return instantiate(cfg.trainer, **overrides)
-
-
+# -- the base classifier -------------------------------------------------------------------
 def base_cache_key(cfg: DictConfig, dm: XaiDataModule) -> dict[str, Any]:
-    """What determines the base classifier: data, model config (incl. training hparams), seed."""
+    """What determines the base classifier: data (content fingerprint), model config
+    (training hparams included), seed."""
     return {
         "data": dm.cache_key(),
         "model": OmegaConf.to_container(cfg.model, resolve=True),
@@ -81,6 +83,23 @@ def freeze(net: nn.Module) -> nn.Module:
     return net
 
 
+@contextmanager
+def resume_hint(trainer: pl.Trainer, message: str) -> Iterator[None]:
+    """Log ``message`` when ``trainer``'s fit is interrupted (Ctrl-C), then let the exit through.
+
+    Lightning catches ``KeyboardInterrupt`` inside ``fit`` and exits the process
+    itself (``SystemExit``), so a line after ``fit`` would never run.
+    """
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        log.error(message)
+        raise
+    if trainer.interrupted:
+        log.error(message)
+        raise KeyboardInterrupt(message)
+
+
 def _train_base(
     cfg: DictConfig, dm: XaiDataModule, module: pl.LightningModule, path: Path
 ) -> dict[str, Any]:
@@ -90,17 +109,21 @@ def _train_base(
         dirpath=work, filename="latest", save_last=True, save_top_k=1, every_n_epochs=1
     )
     trainer = build_trainer(
-        cfg, max_epochs=module.max_epochs, callbacks=[ckpt], logger=build_loggers(cfg)
+        cfg,
+        max_epochs=module.max_epochs,
+        callbacks=[ckpt, EpochReseed(int(cfg.seed))],
+        logger=build_loggers(cfg),
     )
     resume = work / "last.ckpt"
     if resume.exists():
         log.info("resuming base classifier training from %s", resume)
-    trainer.fit(
-        module, datamodule=dm, ckpt_path=str(resume) if resume.exists() else None, weights_only=True
-    )
-    if trainer.interrupted:
-        raise KeyboardInterrupt(
-            f"base classifier training interrupted; rerun the same command to resume from {resume}"
+    hint = f"base classifier training interrupted; rerun the same command to resume from {resume}"
+    with resume_hint(trainer, hint):
+        trainer.fit(
+            module,
+            datamodule=dm,
+            ckpt_path=str(resume) if resume.exists() else None,
+            weights_only=True,
         )
     test = trainer.test(module, datamodule=dm, verbose=False)
     info = {"test_acc": float(test[0]["test/acc"]), "epochs": module.max_epochs}
@@ -109,10 +132,8 @@ def _train_base(
         return info
     if trainer.is_global_zero:
         state = {k: v.detach().cpu() for k, v in module.net.state_dict().items()}
-        atomic_save(
-            {"state_dict": state, "meta": {"key": normalize_key(base_cache_key(cfg, dm)), **info}},
-            path,
-        )
+        meta = {"key": normalize_key(base_cache_key(cfg, dm)), **info}
+        atomic_save({"state_dict": state, "meta": meta}, path)
         shutil.rmtree(work, ignore_errors=True)
     trainer.strategy.barrier()
     return info
@@ -126,22 +147,18 @@ def base_classifier(
     Returns:
         The network (eval mode, no gradients) and ``{"test_acc", "cached", "path", ...}``.
     """
-    module = instantiate(cfg.model)  # validates width/stem before any work
+    module = instantiate(cfg.model)
     path = base_checkpoint_path(cfg, dm)
-    key = base_cache_key(cfg, dm)
-    obj = load_checked(path, key)
+    obj = load_checked(path, base_cache_key(cfg, dm))
     if obj is not None:
         module.net.load_state_dict(obj["state_dict"])
         info = {k: v for k, v in obj["meta"].items() if k != "key"}
         info["cached"] = True
-        log.info(
-            "base classifier from cache %s (test acc %.4f)",
-            path,
-            info.get("test_acc", float("nan")),
-        )
+        log.info("base classifier from cache %s (test acc %.4f)", path, info["test_acc"])
     elif not train_if_missing:
-        raise FileNotFoundError(
-            f"no cached base classifier at {path}; run `python train.py` with the same dataset/model/seed first"
+        raise ConfigError(
+            f"no cached base classifier at {path}; run `python train.py` with the same "
+            "dataset/model/seed first"
         )
     else:
         log.info("training base classifier -> %s", path)
@@ -150,95 +167,172 @@ def base_classifier(
     return freeze(module.net), info
 
 
-EXPLAINER_META_KEYS = ("name", "learned", "max_epochs", "paper_hparams", "module")
+# -- explainers and evaluation ---------------------------------------------------------------
+def prepare_explainer(
+    explainer: Any,
+    name: str,
+    cfg: DictConfig,
+    dm: XaiDataModule,
+    net: nn.Module,
+    out: Path,
+    *,
+    train: bool,
+    ckpt_path: str | None = None,
+) -> dict[str, Any] | None:
+    """Train (``train.py``) or load (``eval.py``) an explainer that has a ``fit`` step.
 
-
-def explainer_name(cfg: DictConfig) -> str:
-    """The explainer's config name (``explainer=<name>``)."""
-    name = cfg.explainer.get("name")
-    if name:
-        return str(name)
-    from hydra.core.hydra_config import HydraConfig
-
-    return str(HydraConfig.get().runtime.choices.get("explainer"))
-
-
-def build_explainer(cfg: DictConfig, name: str | None = None):
-    """A post-hoc explainer: ``cfg.explainer`` instantiated, or (for ``compare_with``)
-    the registered ``name`` with its default arguments."""
-    if name is not None:
-        from xaibench.explainers import get_explainer
-
-        return get_explainer(name)
-    ex = OmegaConf.to_container(cfg.explainer, resolve=True)
-    for k in EXPLAINER_META_KEYS:
-        ex.pop(k, None)  # type: ignore[union-attr]
-    return instantiate(ex)
-
-
-def build_metrics(cfg: DictConfig) -> dict[str, Any]:
-    """Entry name → metric partial from the selected ``metric`` config files."""
-    entries = cfg.get("metric") or {}
-    return {k: instantiate(v) for k, v in entries.items()}
-
-
-def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
-    """Instantiate ``cfg.callbacks`` (checkpointing and early stopping of the explainer stage)."""
-    return [
-        instantiate(c)
-        for c in (cfg.get("callbacks") or {}).values()
-        if c is not None and "_target_" in c
-    ]
-
-
-def train_learned_explainer(
-    cfg: DictConfig, dm: XaiDataModule, net: nn.Module, out: Path
-) -> pl.LightningModule:
-    """Fit the learned explainer's module, select the best head by validation MSI, save it."""
-    module = instantiate(cfg.explainer.module, net=net, image_size=dm.image_size)
-    callbacks = build_callbacks(cfg)
+    ``ckpt_path``: a Lightning checkpoint to resume training from (train), or
+    the trained weights to load (eval). Returns the training record for
+    ``summary.json``, or ``None`` for an explainer without ``fit`` (post-hoc).
+    """
+    if not callable(getattr(explainer, "fit", None)):
+        return None
+    if not train:
+        return _load_weights(explainer, name, dm, net, ckpt_path)
+    callbacks = [*build_callbacks(cfg, out / "checkpoints"), EpochReseed(int(cfg.seed))]
     trainer = build_trainer(
-        cfg,
-        max_epochs=int(cfg.explainer.max_epochs),
-        callbacks=callbacks,
-        logger=build_loggers(cfg),
+        cfg, max_epochs=explainer.max_epochs, callbacks=callbacks, logger=build_loggers(cfg)
     )
-    resume = cfg.get("ckpt_path")
-    trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
-    if trainer.interrupted:
-        raise KeyboardInterrupt(
-            f"explainer training interrupted; resume with ckpt_path={out / 'checkpoints' / 'last.ckpt'}"
+    hint = f"{name} training interrupted; resume with ckpt_path={out / 'checkpoints' / 'last.ckpt'}"
+    with resume_hint(trainer, hint):
+        info = explainer.fit(dm, net, trainer, ckpt_path=ckpt_path)
+    info["weights"] = str(explainer.save(out / f"{name}.pt", info))
+    write_json(info, out / "explainer_training.json")  # on record even if evaluation fails
+    return info
+
+
+def _load_weights(
+    explainer: Any, name: str, dm: XaiDataModule, net: nn.Module, ckpt: str | None
+) -> dict[str, Any]:
+    """``eval.py``: the main trained explainer's weights from ``ckpt_path``."""
+    if not ckpt:
+        raise ConfigError(
+            f"explainer {name!r} is trained: give its weights, e.g. "
+            f"`python eval.py explainer={name} ckpt_path=outputs/.../{name}.pt`; a compared "
+            "trained explainer cannot be loaded here (make it the main explainer)"
         )
-    ckpt = next((c for c in callbacks if isinstance(c, pl.callbacks.ModelCheckpoint)), None)
-    best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
-    if best:
-        module.load_head(best)
-        log.info("selected %s (val/msi %.4f)", best, float(ckpt.best_model_score))
-    info = {
-        "best_checkpoint": best,
-        "val_msi_best": float(ckpt.best_model_score) if best else None,
-        "epochs": trainer.current_epoch,
-        "head": str(out / f"{explainer_name(cfg)}_head.pt"),
-    }
-    module.save_head(info["head"], info)
-    module.training_info = info
-    return module
+    explainer.attach(net, dm.image_size)
+    explainer.load(ckpt)
+    return {"weights": str(ckpt)}
 
 
 def evaluate(
-    cfg: DictConfig, dm: XaiDataModule, module: pl.LightningModule, method: str, out: Path
+    cfg: DictConfig, dm: XaiDataModule, net: nn.Module, explainer: Any, name: str, out: Path
 ) -> dict[str, Any]:
-    """Test-stage evaluation of one explainer with ``cfg.metric``; returns per-column statistics."""
-    cb = EvaluationCallback(build_metrics(cfg), out, method, seed=int(cfg.seed))
+    """Test-set evaluation of one explainer with every ``cfg.metric`` entry; writes into ``out``.
+
+    Returns ``{column: {mean, ci_low, ci_high, n, n_nan}}``.
+    """
+    cb = EvaluationCallback(build_metrics(cfg), out, name, seed=int(cfg.seed))
     trainer = build_trainer(cfg, callbacks=[cb], logger=False, enable_checkpointing=False)
-    trainer.test(module, datamodule=dm, verbose=False)
+    trainer.test(ExplainerTestModule(net, explainer), datamodule=dm, verbose=False)
     return cb.summary
 
 
-def write_json(obj: Any, path: Path) -> None:
-    """Pretty JSON (atomic enough for run outputs: written once per run)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def run_methods(
+    cfg: DictConfig,
+    dm: XaiDataModule,
+    net: nn.Module,
+    explainers: dict[str, Any],
+    out: Path,
+    summary: dict[str, Any],
+    *,
+    train: bool,
+) -> None:
+    """Prepare and evaluate every method on the same test set; the main one writes into
+    ``out``, each ``compare_with`` one into ``out/compare/<name>``; then the combined
+    ``table.{md,csv,tex}`` (one row per method) and the side-by-side overlays."""
+    results: dict[str, Any] = {}
+    for i, (name, explainer) in enumerate(explainers.items()):
+        where = out if i == 0 else out / "compare" / name
+        ckpt = cfg.get("ckpt_path") if i == 0 else None  # ckpt_path belongs to the main method
+        record = prepare_explainer(
+            explainer, name, cfg, dm, net, where, train=train, ckpt_path=ckpt
+        )
+        if record is not None:
+            summary.setdefault("explainer_training", {})[name] = record
+            write_json(summary, out / "summary.json")
+        results[name] = evaluate(cfg, dm, net, explainer, name, where)
+    summary["test"] = results
+    columns = list(dict.fromkeys(c for res in results.values() for c in res))
+    write_tables(out, [{"name": k, "summary": v} for k, v in results.items()], columns)
+    if len(explainers) > 1:
+        save_comparison(dm, net, explainers, out / "figures" / "overlays_compare.png")
+    for name, res in results.items():
+        shown = ("msi", "base_score", "mask_penalty")
+        log.info("%s: %s", name, ", ".join(f"{c} {res[c]['mean']:.3f}" for c in shown if c in res))
+
+
+def save_comparison(
+    dm: XaiDataModule, net: nn.Module, explainers: dict[str, Any], path: Path, k: int = 8
+) -> None:
+    """Every method's heatmaps on the first ``k`` test images, side by side."""
+    b = unpack_batch(next(iter(dm.test_dataloader())))
+    device = next(net.parameters()).device
+    images, labels = b.images[:k].to(device), b.labels[:k].to(device)
+    maps = {name: ex(net, images, labels).cpu() for name, ex in explainers.items()}
+    save_overlays(path, images.cpu(), maps, labels.cpu())
+
+
+# -- the two entry points ------------------------------------------------------------------
+def setup_run(
+    cfg: DictConfig,
+) -> tuple[XaiDataModule, dict[str, Any], Path]:
+    """Seed, find the data, build and preflight every explainer and metric entry.
+
+    Returns the datamodule (set up), the explainers by method name and the output folder.
+    """
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    out = Path(cfg.paths.output_dir)
+    dm = build_datamodule(cfg)
+    dm.setup()  # a missing or malformed dataset fails here
+    with torch.random.fork_rng(devices=[]):  # the checks draw nothing from the run's seed
+        explainers = {n: build_explainer(node, n) for n, node in explainer_configs(cfg).items()}
+        metrics = build_metrics(cfg) if explainers else {}
+        first = unpack_batch([torch.as_tensor(t).unsqueeze(0) for t in dm.splits["test"][0]])
+        preflight(
+            freeze(instantiate(cfg.model).net),
+            (first.images, first.labels, first.index, first.masks),
+            explainers,
+            metrics,
+            image_size=dm.image_size,
+            writable={"paths.output_dir": out, "paths.cache_dir": Path(cfg.paths.cache_dir)},
+        )
+    return dm, explainers, out
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """One row of a table per method: the classifier (cached), each explainer trained if it
+    has a ``fit`` step, then evaluated. Returns the summary (also ``summary.json``)."""
+    dm, explainers, out = setup_run(cfg)
+    write_json(dm.split_info(), out / "split.json")
+    net, base = base_classifier(cfg, dm)
+    log.info(
+        "base classifier test accuracy %.4f (%s)",
+        base["test_acc"],
+        "cached" if base["cached"] else "trained",
+    )
+    summary = summary_head(cfg, next(iter(explainers), "none"), base, out)
+    if explainers:
+        run_methods(cfg, dm, net, explainers, out, summary, train=True)
+    write_json(summary, out / "summary.json")
+    return summary
+
+
+def evaluate_only(cfg: DictConfig) -> dict[str, Any]:
+    """``eval.py``: the cached base classifier (never trained here), the explainers (a trained
+    main explainer loaded from ``ckpt_path``), the test-set evaluation and tables."""
+    if "_target_" not in (cfg.get("explainer") or {}):
+        raise ConfigError(
+            "eval.py needs an explainer, e.g. `python eval.py explainer=gradcam` or "
+            "`explainer=lax ckpt_path=...`"
+        )
+    dm, explainers, out = setup_run(cfg)
+    net, base = base_classifier(cfg, dm, train_if_missing=False)
+    summary = summary_head(cfg, next(iter(explainers)), base, out)
+    run_methods(cfg, dm, net, explainers, out, summary, train=False)
+    write_json(summary, out / "summary.json")
+    return summary
 
 
 def summary_head(cfg: DictConfig, name: str, base: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -246,118 +340,26 @@ def summary_head(cfg: DictConfig, name: str, base: dict[str, Any], out: Path) ->
     return {
         "dataset": cfg.dataset.name,
         "explainer": name,
+        "compare_with": list(cfg.get("compare_with") or []),
         "seed": int(cfg.seed),
         "base_classifier": base,
         "output_dir": str(out),
     }
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one row of a table; returns the summary dict (also written to ``summary.json``)."""
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    out = Path(cfg.paths.output_dir)
-    dm = build_datamodule(cfg)
-    dm.setup()  # a missing dataset fails here, before any training
-    write_json(dm.split_info(), out / "split.json")
-    net, base = base_classifier(cfg, dm)
-    name = explainer_name(cfg)
-    summary = summary_head(cfg, name, base, out)
-    log.info(
-        "base classifier test accuracy %.4f (%s)",
-        base["test_acc"],
-        "cached" if base["cached"] else "trained",
-    )
-    if name != "none":
-        summary["test"] = run_explainers(cfg, dm, net, name, out, summary)
-    write_json(summary, out / "summary.json")
-    return summary
-
-
-def evaluate_only(cfg: DictConfig) -> dict[str, Any]:
-    """What ``eval.py`` runs: the cached base classifier (never trained here), the explainer
-    (a learned one loaded from ``cfg.ckpt_path``), the test-set evaluation."""
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    out = Path(cfg.paths.output_dir)
-    name = explainer_name(cfg)
-    if name == "none":
-        raise ValueError(
-            "eval.py needs an explainer, e.g. `python eval.py explainer=gradcam` or `explainer=lax ckpt_path=...`"
-        )
-    dm = build_datamodule(cfg)
-    dm.setup()
-    net, base = base_classifier(cfg, dm, train_if_missing=False)
-    if cfg.explainer.get("learned"):
-        if not cfg.get("ckpt_path"):
-            raise ValueError(
-                f"explainer={name} is learned: give its head checkpoint, e.g. ckpt_path=outputs/.../{name}_head.pt"
-            )
-        path = Path(cfg.ckpt_path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"ckpt_path={path} does not exist")
-        module = instantiate(cfg.explainer.module, net=net, image_size=dm.image_size)
-        module.load_head(path)
-    else:
-        module = ExplainerTestModule(net, build_explainer(cfg))
-    summary = summary_head(cfg, name, base, out)
-    summary["test"] = {name: evaluate(cfg, dm, module, name, out)}  # also writes table.*
-    write_json(summary, out / "summary.json")
-    return summary
-
-
-def run_explainers(
-    cfg: DictConfig,
-    dm: XaiDataModule,
-    net: nn.Module,
-    name: str,
-    out: Path,
-    summary: dict[str, Any],
-) -> dict[str, Any]:
-    """Train (if learned) and evaluate the explainer, then each ``compare_with`` baseline on the same test set.
-
-    Writes the combined ``table.{md,csv,tex}`` in ``out`` (one row per method);
-    returns ``{method: {column: {mean, ci_low, ci_high, n, n_nan}}}`` and adds
-    ``explainer_training`` (best validation MSI, head path) to ``summary``.
-    """
-    if cfg.explainer.get("learned"):
-        module = train_learned_explainer(cfg, dm, net, out)
-        summary["explainer_training"] = module.training_info
-        write_json(
-            summary, out / "summary.json"
-        )  # the trained head is on record even if evaluation fails
-    else:
-        module = ExplainerTestModule(net, build_explainer(cfg))
-    results = {name: evaluate(cfg, dm, module, name, out)}
-    modules = {name: module}
-    for other in cfg.get("compare_with") or []:
-        if other == name:
-            continue
-        modules[other] = ExplainerTestModule(net, build_explainer(cfg, other))
-        results[other] = evaluate(cfg, dm, modules[other], other, out / "compare" / other)
-    columns = list(next(iter(results.values())))
-    write_tables(out, [{"name": k, "summary": v} for k, v in results.items()], columns)
-    if len(modules) > 1:  # side-by-side overlays of every method on the same images
-        b = unpack_batch(next(iter(dm.test_dataloader())))
-        k = 8
-        maps = {
-            m: mod.test_step((b.images[:k], b.labels[:k], b.index[:k]), 0)["heatmaps"]
-            for m, mod in modules.items()
-        }
-        save_overlays(out / "figures" / "overlays_compare.png", b.images[:k], maps, b.labels[:k])
-    for m, res in results.items():
-        cols = ", ".join(
-            f"{c} {res[c]['mean']:.3f}" for c in ("msi", "base_score", "mask_penalty") if c in res
-        )
-        log.info("%s: %s", m, cols)
-    return results
-
-
-USER_ERRORS = (FileNotFoundError, ValueError, TypeError)
+def write_json(obj: Any, path: Path) -> None:
+    """Pretty JSON, written to a temp file and renamed (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
 
 
 def run_guarded(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run an entry point's job: a user error (missing data, bad value) is one clear
-    message and exit status 1, not a traceback (``HYDRA_FULL_ERROR=1`` shows it);
-    an open W&B run is finished whatever happens, so a multirun leaves nothing open."""
+    """Run an entry point's job. A user error (missing data, a bad config value) is one
+    clear message and exit status 1 (``HYDRA_FULL_ERROR=1`` shows the traceback); any
+    other error is a bug and keeps its traceback. An open W&B run is finished whatever
+    happens, so a multirun leaves nothing open."""
     try:
         return fn(cfg)
     except USER_ERRORS as e:
@@ -375,7 +377,7 @@ def lookup_metric(summary: dict[str, Any], key: str) -> float:
     node: Any = summary
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            raise ValueError(
+            raise ConfigError(
                 f"optimized_metric={key!r} is not in the run summary; top-level keys: {sorted(summary)}"
             )
         node = node[part]

@@ -13,9 +13,9 @@ and ``figures/`` into ``out_dir``.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,22 +25,25 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from xaibench.data.datasets import unpack_batch
+from xaibench.data.datasets import Batch, unpack_batch
 from xaibench.eval.aggregate import summarize, write_per_sample, write_tables
 from xaibench.eval.figures import save_curves, save_overlays
+from xaibench.metrics.registry import EntrySpec, entry_spec
 
 log = logging.getLogger(__name__)
 
 MetricFn = Callable[..., dict[str, Tensor]]
 
 
-def _accepts(fn: Callable, name: str) -> bool:
-    target = getattr(fn, "func", fn)
-    try:
-        params = inspect.signature(target).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+def column_names(specs: dict[str, EntrySpec]) -> dict[str, dict[str, str]]:
+    """Entry → {key → column}: a key returned by one entry only keeps its name; a key
+    returned by several entries (two ``insertion_deletion`` modes, both perturbation
+    directions' ``flip_step``) becomes ``<entry>/<key>`` in each, so columns never collide."""
+    counts = Counter(k for spec in specs.values() for k in spec.keys)
+    return {
+        entry: {k: k if counts[k] == 1 else f"{entry}/{k}" for k in spec.keys}
+        for entry, spec in specs.items()
+    }
 
 
 def gather_rows(index: Tensor, columns: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -60,8 +63,14 @@ def gather_rows(index: Tensor, columns: dict[str, Tensor]) -> tuple[Tensor, dict
 class EvaluationCallback(pl.Callback):
     """Scores test-stage heatmaps; see the module docstring.
 
+    Each metric entry is called with exactly the inputs its registry entry
+    declares (:func:`~xaibench.metrics.registry.entry_spec`: ``masks``,
+    ``indices``). An entry that needs masks on a dataset without them yields
+    NaN columns (counted in the tables' ``n_nan``), with one warning.
+
     Args:
-        metrics: entry name → metric callable (a ``_partial_`` config).
+        metrics: entry name → metric callable (a ``_partial_`` config of a
+            registered metric).
         out_dir: where the files go.
         method: the explainer's name (the table's row label).
         figure_images: how many test images the overlay figure shows.
@@ -80,26 +89,38 @@ class EvaluationCallback(pl.Callback):
         if not metrics:
             raise ValueError("EvaluationCallback needs at least one metric (configs/metric/)")
         self.metrics, self.out_dir, self.method = dict(metrics), Path(out_dir), method
+        self.specs = {entry: entry_spec(fn) for entry, fn in self.metrics.items()}
+        self.columns = column_names(self.specs)
         self.figure_images, self.seed = figure_images, seed
         self.summary: dict[str, dict[str, float]] = {}
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._index: list[Tensor] = []
-        self._cols: dict[str, list[Tensor]] = {}
+        self._cols: dict[str, list[Tensor]] = {
+            c: [] for names in self.columns.values() for c in names.values()
+        }
         self._curves: dict[str, list[Tensor]] = {}
         self._figure: tuple[Tensor, Tensor, Tensor] | None = None
+        self._warned: set[str] = set()
 
-    def _score(
-        self, fn: MetricFn, pl_module: pl.LightningModule, b, heat: Tensor
-    ) -> dict[str, Tensor]:
+    def _score(self, entry: str, pl_module: pl.LightningModule, b: Batch, heat: Tensor) -> dict:
+        """One entry's outputs on one batch; NaN for every key if it needs absent masks."""
+        spec = self.specs[entry]
         kw: dict[str, Any] = {}
-        if _accepts(fn, "indices"):
+        if "indices" in spec.needs:
             kw["indices"] = b.index
-        if _accepts(fn, "masks"):
+        if "masks" in spec.needs:
             if b.masks is None:
-                return {}  # localization needs ground-truth masks; this dataset has none
+                if entry not in self._warned:
+                    self._warned.add(entry)
+                    log.warning(
+                        "metric entry %r needs ground-truth masks, which this dataset lacks: "
+                        "its columns are NaN",
+                        entry,
+                    )
+                return {k: heat.new_full((len(b.labels),), float("nan")) for k in spec.keys}
             kw["masks"] = b.masks
-        return fn(pl_module.net, b.images, heat, b.labels, **kw)
+        return self.metrics[entry](pl_module.net, b.images, heat, b.labels, **kw)
 
     def on_test_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0
@@ -110,28 +131,26 @@ class EvaluationCallback(pl.Callback):
             )
         b = unpack_batch(batch)
         heat = outputs["heatmaps"].detach()
+        n = len(b.labels)
         self._index.append(b.index.cpu())
-        for fn in self.metrics.values():
-            res = self._score(fn, pl_module, b, heat)
-            # keys are unique across entries (checked at epoch end); a 1-D tensor that is
-            # not per-sample (e.g. MSI's alphas) is a curve's x-axis and not kept
-            for key, v in res.items():
-                if v.shape[:1] != (len(b.labels),) or v.dim() > 2:
-                    continue
-                store = self._cols if v.dim() == 1 else self._curves
-                store.setdefault(key, []).append(v.detach().double().cpu())
+        for entry in self.metrics:
+            res = self._score(entry, pl_module, b, heat)
+            for key, column in self.columns[entry].items():
+                if key not in res or tuple(res[key].shape) != (n,):
+                    got = tuple(res[key].shape) if key in res else "nothing"
+                    raise RuntimeError(
+                        f"metric entry {entry!r} declared the per-sample key {key!r} but "
+                        f"returned {got} for it (expected ({n},)); fix its registration"
+                    )
+                self._cols[column].append(res[key].detach().double().cpu())
+            for key, v in res.items():  # curves (N, K); a 1-D grid (alphas) is not kept
+                if key not in self.columns[entry] and v.dim() == 2 and v.shape[0] == n:
+                    self._curves.setdefault(f"{entry}/{key}", []).append(v.detach().double().cpu())
         if self._figure is None and trainer.is_global_zero:
             k = self.figure_images
             self._figure = (b.images[:k].cpu(), heat[:k].cpu(), b.labels[:k].cpu())
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        lengths = {k: sum(len(t) for t in v) for k, v in self._cols.items()}
-        n = sum(len(t) for t in self._index)
-        bad = {k: m for k, m in lengths.items() if m != n}
-        if bad:
-            raise ValueError(
-                f"metric keys collide or miss samples (expected {n} rows each): {bad}; rename entries in configs/metric/"
-            )
         index, cols = gather_rows(
             torch.cat(self._index), {k: torch.cat(v) for k, v in self._cols.items()}
         )
@@ -147,8 +166,15 @@ class EvaluationCallback(pl.Callback):
                 self.out_dir / "figures" / "overlays.png", imgs, {self.method: heat}, labels
             )
         curves = {
-            k: (torch.linspace(0, 1, v[0].shape[1]), torch.cat(v)) for k, v in self._curves.items()
+            self._curve_name(k): (torch.linspace(0, 1, v[0].shape[1]), torch.cat(v))
+            for k, v in self._curves.items()
         }
         if curves:
             save_curves(self.out_dir / "figures" / "curves.png", curves)
         log.info("evaluated %d test samples -> %s", len(index), self.out_dir)
+
+    def _curve_name(self, name: str) -> str:
+        """``entry/key`` → ``key`` when no other entry returned a curve of that key."""
+        key = name.split("/", 1)[1]
+        clash = sum(k.split("/", 1)[1] == key for k in self._curves) > 1
+        return name if clash else key

@@ -3,16 +3,16 @@
 ``explainer(model, images (N,C,H,W), targets (N,)) -> heatmaps (N,1,H,W)`` in
 [0, 1] on the images' device, the model unchanged afterwards. Build one by
 name with :func:`get_explainer`; :func:`list_explainers` gives the names (one
-``configs/explainer/<name>.yaml`` each). A learned explainer plugs in through
-:class:`LearnedExplainer` or by subclassing :class:`Explainer` and
-registering with :func:`register_explainer`.
+``configs/explainer/<name>.yaml`` each). A post-hoc method subclasses
+:class:`Explainer`; a learned one (LAX) subclasses :class:`LearnedExplainer`,
+whose ``fit(datamodule, classifier, trainer)`` the pipeline calls; both
+register with :func:`register_explainer`.
 """
 
-from xaibench.explainers import cam, captum_methods, lrp, simple  # noqa: F401  (registers)
+from xaibench.explainers import cam, captum_methods, lax, lrp, simple  # noqa: F401  (registers)
 from xaibench.explainers.base import (
     EXPLAINERS,
     Explainer,
-    LearnedExplainer,
     check_inputs,
     get_explainer,
     list_explainers,
@@ -22,6 +22,8 @@ from xaibench.explainers.cam import CAMExplainer, resolve_target_layer
 from xaibench.explainers.captum_methods import CaptumExplainer
 from xaibench.explainers.features import baseline_distribution, feature_mask, make_baseline
 from xaibench.explainers.guard import count_hooks, preserve_model
+from xaibench.explainers.lax import LAXExplainer
+from xaibench.explainers.learned import LearnedExplainer
 from xaibench.explainers.postprocess import (
     NORMALIZATIONS,
     REDUCTIONS,
@@ -36,6 +38,7 @@ __all__ = [
     "CAMExplainer",
     "CaptumExplainer",
     "Explainer",
+    "LAXExplainer",
     "LearnedExplainer",
     "baseline_distribution",
     "check_inputs",

@@ -1,4 +1,4 @@
-"""The explainer interface, its registry and the adapter for learned explainers.
+"""The explainer interface and its registry.
 
 Every explainer is called the same way::
 
@@ -14,7 +14,6 @@ resizing and normalisation, output checks. A method only implements
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -183,8 +182,9 @@ def check_inputs(model: nn.Module, images: Tensor, targets: Tensor | Any) -> Ten
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module`` or ``images`` not a tensor.
-        ValueError: wrong shapes, an empty batch, non-float images, a device
-            mismatch, or targets outside ``[0, model.num_classes)``.
+        ValueError: wrong shapes, an empty batch, non-float or non-finite images,
+            a device or dtype mismatch with the model, or targets outside
+            ``[0, model.num_classes)``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -195,6 +195,13 @@ def check_inputs(model: nn.Module, images: Tensor, targets: Tensor | Any) -> Ten
     if not images.is_floating_point():
         raise ValueError(
             f"images must be floating point, got {images.dtype}; convert with .float()"
+        )
+    _check_model_match(model, images)
+    if not bool(torch.isfinite(images).all()):
+        bad = int((~torch.isfinite(images)).sum())
+        raise ValueError(
+            f"images contain {bad} non-finite values (NaN/inf); an explanation of them "
+            "would be meaningless: fix or drop those images"
         )
     targets = torch.as_tensor(targets, device=images.device)
     if targets.dim() == 0:
@@ -211,56 +218,21 @@ def check_inputs(model: nn.Module, images: Tensor, targets: Tensor | Any) -> Ten
     if low < 0 or (isinstance(num_classes, int) and high >= num_classes):
         bound = f"[0, {num_classes})" if isinstance(num_classes, int) else "[0, K)"
         raise ValueError(f"targets must be class indices in {bound}; got values in [{low}, {high}]")
+    return targets
+
+
+def _check_model_match(model: nn.Module, images: Tensor) -> None:
+    """``images`` on the model's device and in its floating dtype."""
     param = next(model.parameters(), None)
-    if param is not None and param.device != images.device:
+    if param is None:
+        return
+    if param.device != images.device:
         raise ValueError(
             f"images are on {images.device} but the model is on {param.device}; "
             f"move one of them (e.g. images.to({str(param.device)!r}))"
         )
-    return targets
-
-
-class LearnedExplainer(Explainer):
-    """Adapter for a learned explainer: an ``nn.Module`` that explains in one forward pass.
-
-    The module provides ``explain(images) -> (N, 1, H, W)`` in [0, 1] (or
-    ``explain(images, targets)`` if its signature names ``targets``). It runs
-    in eval mode under ``torch.no_grad()``; its outputs are not re-scaled
-    unless ``normalize`` says so.
-
-    Args:
-        module: the learned explainer (e.g. a trained LAX head with its classifier).
-        method: name of the module's explaining method.
-        normalize: ``"none"`` (default: outputs already in [0, 1]) or another
-            normalisation.
-        **kwargs: as :class:`Explainer`.
-    """
-
-    needs_grad = False
-
-    def __init__(
-        self, module: nn.Module, *, method: str = "explain", normalize: str = "none", **kwargs: Any
-    ) -> None:
-        super().__init__(normalize=normalize, **kwargs)
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-        fn = getattr(module, method, None)
-        if not callable(fn):
-            raise TypeError(
-                f"{type(module).__name__} has no method {method!r}; a learned explainer needs "
-                f"{method}(images) -> (N, 1, H, W) in [0, 1]"
-            )
-        self.module = module
-        self.method = method
-        self._takes_targets = "targets" in inspect.signature(fn).parameters
-
-    def modules_to_protect(self, model: nn.Module) -> tuple[nn.Module, ...]:
-        return (model, self.module) if model is not self.module else (model,)
-
-    def explain(self, model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
-        fn = getattr(self.module, self.method)
-        outs = [
-            fn(x, targets=t) if self._takes_targets else fn(x)
-            for x, t in self.chunks(images, targets)
-        ]
-        return torch.cat(outs)
+    if param.is_floating_point() and param.dtype != images.dtype:
+        raise ValueError(
+            f"images are {images.dtype} but the model's parameters are {param.dtype}; "
+            f"convert one of them (e.g. images.to({param.dtype}) or model.to({images.dtype}))"
+        )

@@ -30,8 +30,10 @@ def resolve_feature_upsample(value: int | str, feature_size: int) -> int:
         return 2 if feature_size <= 4 else 1
     if isinstance(value, int) and value >= 1:
         return value
-    raise ValueError(
-        f"explainer.module.feature_upsample={value!r} must be 'auto' or an integer >= 1"
+    from xaibench.errors import ConfigError
+
+    raise ConfigError(
+        f"explainer.feature_upsample={value!r} must be 'auto' or an integer >= 1"
     )
 
 
@@ -68,10 +70,7 @@ class LAXModule(pl.LightningModule):
         metric_batch_size: int = 512,
     ) -> None:
         super().__init__()
-        if not lam >= 0:
-            raise ValueError(f"explainer.module.lam={lam!r} must be >= 0")
-        if not temperature > 0:
-            raise ValueError(f"explainer.module.temperature={temperature!r} must be > 0")
+        self.check_hparams(lam=lam, temperature=temperature)
         for p in net.parameters():
             p.requires_grad_(False)
         with torch.no_grad():
@@ -84,6 +83,7 @@ class LAXModule(pl.LightningModule):
                     image_size,
                     image_size,
                     device=next(net.parameters()).device,
+                    dtype=next(net.parameters()).dtype,
                 )
             )
             net.train(was)
@@ -97,6 +97,16 @@ class LAXModule(pl.LightningModule):
         self.strict_loading = False  # checkpoints hold the head only
         self._val_seen = 0
         self.best_val_msi = float("-inf")
+
+    @staticmethod
+    def check_hparams(*, lam: float, temperature: float) -> None:
+        """``ConfigError`` unless ``lam >= 0`` and ``temperature > 0``."""
+        from xaibench.errors import ConfigError
+
+        if not (isinstance(lam, (int, float)) and lam >= 0):
+            raise ConfigError(f"explainer.lam={lam!r} must be a number >= 0")
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ConfigError(f"explainer.temperature={temperature!r} must be a number > 0")
 
     @property
     def net(self) -> nn.Module:
@@ -241,6 +251,8 @@ class LAXModule(pl.LightningModule):
         try:
             self.lax.head.load_state_dict(sd)
         except RuntimeError as e:
-            raise ValueError(
+            from xaibench.errors import ConfigError
+
+            raise ConfigError(
                 f"{path} does not hold weights for this LAX head (backbone width/stem differ?): {e}"
             ) from e
