@@ -46,6 +46,14 @@ FAST_EXPLAINERS = {
     "kernel_shap": ["explainer.n_samples=16"],
     "integrated_gradients": ["explainer.n_steps=4"],
     "lax": ["explainer.max_epochs=1", "explainer.val_samples=8"],
+    "deepfaith": [
+        "explainer.max_epochs=1",
+        "explainer.val_samples=8",
+        "explainer.prior_methods=[saliency,gradcam]",
+        "explainer.prior_samples=16",
+        "explainer.n_subsets=4",
+        "explainer.use_filter=false",  # the filter is tested in test_priors.py
+    ],
 }
 
 

@@ -20,6 +20,7 @@ from xaibench.explainers.base import (
 )
 from xaibench.explainers.cam import CAMExplainer, resolve_target_layer
 from xaibench.explainers.captum_methods import CaptumExplainer
+from xaibench.explainers.deepfaith import DeepFaithExplainer
 from xaibench.explainers.features import baseline_distribution, feature_mask, make_baseline
 from xaibench.explainers.guard import count_hooks, preserve_model
 from xaibench.explainers.lax import LAXExplainer
@@ -37,6 +38,7 @@ __all__ = [
     "REDUCTIONS",
     "CAMExplainer",
     "CaptumExplainer",
+    "DeepFaithExplainer",
     "Explainer",
     "LAXExplainer",
     "LearnedExplainer",

@@ -118,12 +118,13 @@ class LearnedExplainer(Explainer):
         ckpt = trainer.checkpoint_callback
         best = str(getattr(ckpt, "best_model_path", "") or "")
         score = getattr(ckpt, "best_model_score", None)
+        score = float(score) if best and score is not None else None
         if best:
             self.load_module_state(best)
-            log.info("%s: kept %s (%s %.4f)", self.name, best, self.monitor, float(score))
+            log.info("%s: kept %s (%s %s)", self.name, best, self.monitor, score)
         return {
             "monitor": self.monitor,
-            "best_score": float(score) if best and score is not None else None,
+            "best_score": score,
             "best_checkpoint": best,
             "epochs": int(trainer.current_epoch),
         }
