@@ -37,6 +37,7 @@ FAST_METRICS = {
     "faithfulness": [
         "metric.faithfulness_correlation.nr_runs=5",
         "metric.infidelity_correlation.nr_runs=5",
+        "dataset.hparams.metric_chunk=1024",  # 12 steps per curve on 3x64x64
     ],
 }
 TINY = [*TINY_DIGITS, "dataset.n_test=8", "dataset.eval_batch_size=8"]
@@ -138,8 +139,10 @@ def test_masks_missing_gives_counted_nan_columns(cfg_factory, tmp_path, caplog):
             "model.net.width=0.125",
             "model.max_epochs=1",
             "explainer=gradcam",
-            "metric=[paper,localization,qge]",
+            "metric=[paper,localization,qge,faithfulness]",
             *fast_metrics(["paper", "qge"]),
+            "metric.faithfulness_correlation.nr_runs=5",
+            "metric.infidelity_correlation.nr_runs=5",
         ]
     )
     with caplog.at_level("WARNING"):
@@ -148,6 +151,8 @@ def test_masks_missing_gives_counted_nan_columns(cfg_factory, tmp_path, caplog):
     assert stats["pointing_game"]["n"] == 0 and stats["pointing_game"]["n_nan"] == 20
     assert math.isnan(stats["pointing_game"]["mean"])
     assert stats["msi"]["n"] == 20 and stats["qge_msi"]["n"] + stats["qge_msi"]["n_nan"] == 20
+    # the faithfulness chunks follow the dataset (64 of 3x32x32), so they fit a CIFAR image
+    assert stats["faithfulness_deletion"]["n"] == 20
     assert "nan" in (tmp_path / "out" / "table.md").read_text()
 
 

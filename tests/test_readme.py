@@ -46,6 +46,7 @@ METRIC_FAST = {
     "faithfulness": [
         "metric.faithfulness_correlation.nr_runs=5",
         "metric.infidelity_correlation.nr_runs=5",
+        "dataset.hparams.metric_chunk=1024",
     ],
 }
 EXPLAINER_FAST = {"lax": ["explainer.max_epochs=1", "explainer.val_samples=8"]}
