@@ -178,6 +178,12 @@ def test_compare_with_honours_the_yaml(cfg_factory, tmp_path, shared_cache):
         pipeline.train(cfg)
 
 
+def test_explainer_none_trains_the_classifier_only(run):
+    summary, out = run(["explainer=none", "compare_with=[gradcam]"])
+    assert summary["explainer"] == "none" and "test" not in summary
+    assert not (out / "table.md").exists()
+
+
 def test_compare_with_unknown_name_suggests(cfg_factory):
     cfg = cfg_factory([*TINY, "explainer=gradcam", "compare_with=[gradcampp,scorcam]"])
     with pytest.raises(

@@ -83,14 +83,15 @@ def config_dir() -> Path:
 def explainer_configs(cfg: DictConfig) -> dict[str, DictConfig]:
     """Method name → its explainer config (resolved in the run's context).
 
-    The main explainer first (``cfg.explainer``; none when it has no
-    ``_target_``, i.e. ``explainer=none``), then each ``compare_with`` name
+    The main explainer first (``cfg.explainer``; with ``explainer=none``, whose
+    config has no ``_target_``, there are none at all), then each ``compare_with`` name
     loaded from ``configs/explainer/<name>.yaml``. The name is the file's
     (the registry name of its class).
     """
     out: dict[str, DictConfig] = {}
-    if "_target_" in (cfg.get("explainer") or {}):
-        out[_registered_name(cfg.explainer)] = cfg.explainer
+    if "_target_" not in (cfg.get("explainer") or {}):
+        return out  # explainer=none: the classifier only, whatever compare_with says
+    out[_registered_name(cfg.explainer)] = cfg.explainer
     folder = config_dir() / "explainer"
     for name in cfg.get("compare_with") or []:
         if name in out:
