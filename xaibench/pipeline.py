@@ -217,13 +217,19 @@ def _load_weights(
 
 
 def evaluate(
-    cfg: DictConfig, dm: XaiDataModule, net: nn.Module, explainer: Any, name: str, out: Path
+    cfg: DictConfig,
+    dm: XaiDataModule,
+    net: nn.Module,
+    explainer: Any,
+    name: str,
+    out: Path,
+    metrics: dict[str, Any],
 ) -> dict[str, Any]:
-    """Test-set evaluation of one explainer with every ``cfg.metric`` entry; writes into ``out``.
+    """Test-set evaluation of one explainer with the run's metric entries; writes into ``out``.
 
     Returns ``{column: {mean, ci_low, ci_high, n, n_nan}}``.
     """
-    cb = EvaluationCallback(build_metrics(cfg), out, name, seed=int(cfg.seed))
+    cb = EvaluationCallback(metrics, out, name, seed=int(cfg.seed))
     trainer = build_trainer(cfg, callbacks=[cb], logger=False, enable_checkpointing=False)
     trainer.test(ExplainerTestModule(net, explainer), datamodule=dm, verbose=False)
     return cb.summary
@@ -234,6 +240,7 @@ def run_methods(
     dm: XaiDataModule,
     net: nn.Module,
     explainers: dict[str, Any],
+    metrics: dict[str, Any],
     out: Path,
     summary: dict[str, Any],
     *,
@@ -252,7 +259,7 @@ def run_methods(
         if record is not None:
             summary.setdefault("explainer_training", {})[name] = record
             write_json(summary, out / "summary.json")
-        results[name] = evaluate(cfg, dm, net, explainer, name, where)
+        results[name] = evaluate(cfg, dm, net, explainer, name, where, metrics)
     summary["test"] = results
     columns = list(dict.fromkeys(c for res in results.values() for c in res))
     write_tables(out, [{"name": k, "summary": v} for k, v in results.items()], columns)
@@ -277,10 +284,11 @@ def save_comparison(
 # -- the two entry points ------------------------------------------------------------------
 def setup_run(
     cfg: DictConfig,
-) -> tuple[XaiDataModule, dict[str, Any], Path]:
+) -> tuple[XaiDataModule, dict[str, Any], dict[str, Any], Path]:
     """Seed, find the data, build and preflight every explainer and metric entry.
 
-    Returns the datamodule (set up), the explainers by method name and the output folder.
+    Returns the datamodule (set up), the explainers by method name, the metric entries
+    (built once, used for every method) and the output folder.
     """
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     out = Path(cfg.paths.output_dir)
@@ -298,13 +306,13 @@ def setup_run(
             image_size=dm.image_size,
             writable={"paths.output_dir": out, "paths.cache_dir": Path(cfg.paths.cache_dir)},
         )
-    return dm, explainers, out
+    return dm, explainers, metrics, out
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """One row of a table per method: the classifier (cached), each explainer trained if it
     has a ``fit`` step, then evaluated. Returns the summary (also ``summary.json``)."""
-    dm, explainers, out = setup_run(cfg)
+    dm, explainers, metrics, out = setup_run(cfg)
     write_json(dm.split_info(), out / "split.json")
     net, base = base_classifier(cfg, dm)
     log.info(
@@ -314,7 +322,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     summary = summary_head(cfg, next(iter(explainers), "none"), base, out)
     if explainers:
-        run_methods(cfg, dm, net, explainers, out, summary, train=True)
+        run_methods(cfg, dm, net, explainers, metrics, out, summary, train=True)
     write_json(summary, out / "summary.json")
     return summary
 
@@ -327,10 +335,10 @@ def evaluate_only(cfg: DictConfig) -> dict[str, Any]:
             "eval.py needs an explainer, e.g. `python eval.py explainer=gradcam` or "
             "`explainer=lax ckpt_path=...`"
         )
-    dm, explainers, out = setup_run(cfg)
+    dm, explainers, metrics, out = setup_run(cfg)
     net, base = base_classifier(cfg, dm, train_if_missing=False)
     summary = summary_head(cfg, next(iter(explainers)), base, out)
-    run_methods(cfg, dm, net, explainers, out, summary, train=False)
+    run_methods(cfg, dm, net, explainers, metrics, out, summary, train=False)
     write_json(summary, out / "summary.json")
     return summary
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from xaibench.errors import ConfigError
-from xaibench.metrics.registry import entry_spec
+from xaibench.metrics.registry import entry_spec, unwrap_partial
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +118,7 @@ def _metric_call(entry: str, fn: Callable, net: nn.Module, batch: tuple) -> None
 
 def _check_arguments(entry: str, fn: Callable) -> None:
     """Unknown keyword arguments of a partial, with the closest known name."""
-    func, keywords = fn, {}
-    while hasattr(func, "func"):  # functools.partial (nested ones flatten, but be safe)
-        keywords = {**func.keywords, **keywords}
-        func = func.func
+    func, keywords = unwrap_partial(fn)
     params = inspect.signature(func).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return  # passes them on (quality_gaps): the call above reports unknown ones

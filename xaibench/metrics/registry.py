@@ -144,7 +144,7 @@ def metric_direction(name: str, key: str | None = None) -> bool | None:
     return directions[key]
 
 
-def _unwrap(fn: object) -> tuple[object, dict[str, object]]:
+def unwrap_partial(fn: object) -> tuple[object, dict[str, object]]:
     """The function under (possibly nested) ``functools.partial`` s and their merged keywords."""
     keywords: dict[str, object] = {}
     while isinstance(fn, functools.partial):
@@ -155,7 +155,7 @@ def _unwrap(fn: object) -> tuple[object, dict[str, object]]:
 
 def registered_name(metric: object) -> str | None:
     """The registered name of ``metric`` (a registered function or a partial of one), else None."""
-    func, _ = _unwrap(metric)
+    func, _ = unwrap_partial(metric)
     for name in METRICS.names():
         if METRICS.get(name) is func:
             return name
@@ -185,7 +185,7 @@ def entry_spec(fn: MetricFn) -> EntrySpec:
     """
     name = registered_name(fn)
     if name is None:
-        func, _ = _unwrap(fn)
+        func, _ = unwrap_partial(fn)
         what = f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', repr(func))}"
         raise ValueError(
             f"{what!r} is not a registered metric; decorate its function with "
@@ -196,7 +196,7 @@ def entry_spec(fn: MetricFn) -> EntrySpec:
     needs = set(meta["needs"]) | ({"indices"} if meta["random"] else set())
     directions = dict(meta["directions"])
     if meta["wraps"] is not None:
-        _, keywords = _unwrap(fn)
+        _, keywords = unwrap_partial(fn)
         inner = keywords.get(meta["wraps"])
         if inner is None:
             raise ValueError(
