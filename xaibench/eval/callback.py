@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +28,22 @@ from torch import Tensor
 from xaibench.data.datasets import Batch, unpack_batch
 from xaibench.eval.aggregate import summarize, write_per_sample, write_tables
 from xaibench.eval.figures import save_curves, save_overlays
-from xaibench.metrics.registry import EntrySpec, entry_spec
+from xaibench.metrics.registry import entry_spec
 
 log = logging.getLogger(__name__)
 
 MetricFn = Callable[..., dict[str, Tensor]]
 
 
-def column_names(specs: dict[str, EntrySpec]) -> dict[str, dict[str, str]]:
+def column_names(keys: dict[str, Sequence[str]]) -> dict[str, dict[str, str]]:
     """Entry → {key → column}: a key returned by one entry only keeps its name; a key
     returned by several entries (two ``insertion_deletion`` modes, both perturbation
-    directions' ``flip_step``) becomes ``<entry>/<key>`` in each, so columns never collide."""
-    counts = Counter(k for spec in specs.values() for k in spec.keys)
+    directions' ``flip_step``) becomes ``<entry>/<key>`` in each, so columns never collide.
+    The same rule names the per-sample columns and the curves."""
+    counts = Counter(k for entry_keys in keys.values() for k in entry_keys)
     return {
-        entry: {k: k if counts[k] == 1 else f"{entry}/{k}" for k in spec.keys}
-        for entry, spec in specs.items()
+        entry: {k: k if counts[k] == 1 else f"{entry}/{k}" for k in entry_keys}
+        for entry, entry_keys in keys.items()
     }
 
 
@@ -90,7 +91,7 @@ class EvaluationCallback(pl.Callback):
             raise ValueError("EvaluationCallback needs at least one metric (configs/metric/)")
         self.metrics, self.out_dir, self.method = dict(metrics), Path(out_dir), method
         self.specs = {entry: entry_spec(fn) for entry, fn in self.metrics.items()}
-        self.columns = column_names(self.specs)
+        self.columns = column_names({entry: spec.keys for entry, spec in self.specs.items()})
         self.figure_images, self.seed = figure_images, seed
         self.summary: dict[str, dict[str, float]] = {}
 
@@ -99,7 +100,7 @@ class EvaluationCallback(pl.Callback):
         self._cols: dict[str, list[Tensor]] = {
             c: [] for names in self.columns.values() for c in names.values()
         }
-        self._curves: dict[str, list[Tensor]] = {}
+        self._curves: dict[tuple[str, str], list[Tensor]] = {}  # (entry, key) -> batches
         self._figure: tuple[Tensor, Tensor, Tensor] | None = None
         self._warned: set[str] = set()
 
@@ -145,7 +146,7 @@ class EvaluationCallback(pl.Callback):
                 self._cols[column].append(res[key].detach().double().cpu())
             for key, v in res.items():  # curves (N, K); a 1-D grid (alphas) is not kept
                 if key not in self.columns[entry] and v.dim() == 2 and v.shape[0] == n:
-                    self._curves.setdefault(f"{entry}/{key}", []).append(v.detach().double().cpu())
+                    self._curves.setdefault((entry, key), []).append(v.detach().double().cpu())
         if self._figure is None and trainer.is_global_zero:
             k = self.figure_images
             self._figure = (b.images[:k].cpu(), heat[:k].cpu(), b.labels[:k].cpu())
@@ -165,16 +166,14 @@ class EvaluationCallback(pl.Callback):
             save_overlays(
                 self.out_dir / "figures" / "overlays.png", imgs, {self.method: heat}, labels
             )
+        keys: dict[str, list[str]] = {}
+        for entry, key in self._curves:
+            keys.setdefault(entry, []).append(key)
+        names = column_names(keys)
         curves = {
-            self._curve_name(k): (torch.linspace(0, 1, v[0].shape[1]), torch.cat(v))
-            for k, v in self._curves.items()
+            names[entry][key]: (torch.linspace(0, 1, v[0].shape[1]), torch.cat(v))
+            for (entry, key), v in self._curves.items()
         }
         if curves:
             save_curves(self.out_dir / "figures" / "curves.png", curves)
         log.info("evaluated %d test samples -> %s", len(index), self.out_dir)
-
-    def _curve_name(self, name: str) -> str:
-        """``entry/key`` → ``key`` when no other entry returned a curve of that key."""
-        key = name.split("/", 1)[1]
-        clash = sum(k.split("/", 1)[1] == key for k in self._curves) > 1
-        return name if clash else key
