@@ -67,6 +67,14 @@ def build_metrics(cfg: DictConfig) -> dict[str, Any]:
     return {k: _instantiate(v, f"metric entry {k!r}") for k, v in entries.items()}
 
 
+def build_study(cfg: DictConfig) -> Any:
+    """``cfg.study`` as a callable ``(cfg) -> summary dict`` (a ``_partial_`` config)."""
+    fn = _instantiate(cfg.study, "study")
+    if not callable(fn):
+        raise ConfigError(f"study: {cfg.study.get('_target_')} is not callable; set _partial_: true")
+    return fn
+
+
 def config_dir() -> Path:
     """The primary config folder of this run (Hydra's, else ``$XAIBENCH_ROOT/configs``)."""
     try:

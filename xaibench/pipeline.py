@@ -32,6 +32,7 @@ from xaibench.build import (
     build_explainer,
     build_loggers,
     build_metrics,
+    build_study,
     build_trainer,
     explainer_configs,
 )
@@ -309,9 +310,23 @@ def setup_run(
     return dm, explainers, metrics, out
 
 
+def run_study(cfg: DictConfig) -> dict[str, Any]:
+    """A study experiment (``cfg.study``: a ``_partial_`` callable ``(cfg) -> summary``)
+    instead of the explainer pipeline, e.g. ``experiment=qge_tabular``. It writes its own
+    tables and figures into ``paths.output_dir``; its summary goes to ``summary.json``."""
+    out = Path(cfg.paths.output_dir)
+    study = build_study(cfg)
+    summary = {"study": cfg.study.get("_target_"), "seed": int(cfg.seed), **study(cfg)}
+    write_json(summary, out / "summary.json")
+    return summary
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """One row of a table per method: the classifier (cached), each explainer trained if it
-    has a ``fit`` step, then evaluated. Returns the summary (also ``summary.json``)."""
+    has a ``fit`` step, then evaluated. Returns the summary (also ``summary.json``).
+    A config with ``study`` set runs that study instead (:func:`run_study`)."""
+    if cfg.get("study"):
+        return run_study(cfg)
     dm, explainers, metrics, out = setup_run(cfg)
     write_json(dm.split_info(), out / "split.json")
     net, base = base_classifier(cfg, dm)
@@ -329,7 +344,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def evaluate_only(cfg: DictConfig) -> dict[str, Any]:
     """``eval.py``: the cached base classifier (never trained here), the explainers (a trained
-    main explainer loaded from ``ckpt_path``), the test-set evaluation and tables."""
+    main explainer loaded from ``ckpt_path``), the test-set evaluation and tables.
+    A config with ``study`` set runs that study instead (:func:`run_study`)."""
+    if cfg.get("study"):
+        return run_study(cfg)
     if "_target_" not in (cfg.get("explainer") or {}):
         raise ConfigError(
             "eval.py needs an explainer, e.g. `python eval.py explainer=gradcam` or "
