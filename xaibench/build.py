@@ -71,7 +71,9 @@ def build_study(cfg: DictConfig) -> Any:
     """``cfg.study`` as a callable ``(cfg) -> summary dict`` (a ``_partial_`` config)."""
     fn = _instantiate(cfg.study, "study")
     if not callable(fn):
-        raise ConfigError(f"study: {cfg.study.get('_target_')} is not callable; set _partial_: true")
+        raise ConfigError(
+            f"study: {cfg.study.get('_target_')} is not callable; set _partial_: true"
+        )
     return fn
 
 

@@ -32,9 +32,7 @@ def resolve_feature_upsample(value: int | str, feature_size: int) -> int:
         return value
     from xaibench.errors import ConfigError
 
-    raise ConfigError(
-        f"explainer.feature_upsample={value!r} must be 'auto' or an integer >= 1"
-    )
+    raise ConfigError(f"explainer.feature_upsample={value!r} must be 'auto' or an integer >= 1")
 
 
 class LAXModule(pl.LightningModule):

@@ -41,7 +41,11 @@ def _cell(x: object, digits: int) -> str:
 
 
 def write_table(
-    out_dir: Path, stem: str, header: Sequence[str], rows: Sequence[Sequence[object]], digits: int = 3
+    out_dir: Path,
+    stem: str,
+    header: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    digits: int = 3,
 ) -> None:
     """``<stem>.{md,csv,tex}`` in ``out_dir``: ``header`` then ``rows`` (same length each)."""
     out_dir.mkdir(parents=True, exist_ok=True)
