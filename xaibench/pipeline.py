@@ -41,6 +41,8 @@ from xaibench.data.cache import atomic_save, config_hash, load_checked, normaliz
 from xaibench.data.determinism import EpochReseed
 from xaibench.errors import USER_ERRORS, ConfigError
 from xaibench.eval import EvaluationCallback, ExplainerTestModule, save_overlays, write_tables
+from xaibench.eval.reference import write_paper_comparison
+from xaibench.eval.wandb_log import log_results
 from xaibench.preflight import preflight
 
 log = logging.getLogger(__name__)
@@ -264,6 +266,8 @@ def run_methods(
     summary["test"] = results
     columns = list(dict.fromkeys(c for res in results.values() for c in res))
     write_tables(out, [{"name": k, "summary": v} for k, v in results.items()], columns)
+    if cfg.get("paper_reference"):
+        summary["paper_comparison"] = write_paper_comparison(out, results, cfg.paper_reference)
     if len(explainers) > 1:
         save_comparison(dm, net, explainers, out / "figures" / "overlays_compare.png")
     for name, res in results.items():
@@ -339,6 +343,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if explainers:
         run_methods(cfg, dm, net, explainers, metrics, out, summary, train=True)
     write_json(summary, out / "summary.json")
+    log_results(cfg, out, summary)
     return summary
 
 
@@ -358,6 +363,7 @@ def evaluate_only(cfg: DictConfig) -> dict[str, Any]:
     summary = summary_head(cfg, next(iter(explainers)), base, out)
     run_methods(cfg, dm, net, explainers, metrics, out, summary, train=False)
     write_json(summary, out / "summary.json")
+    log_results(cfg, out, summary)
     return summary
 
 
