@@ -47,6 +47,27 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
     return instantiate(cfg.trainer, **overrides)
 
 
+def check_launch(cfg: DictConfig) -> None:
+    """Refuse a Hydra multirun with ``strategy=ddp`` on several devices: Lightning relaunches
+    the script once per rank, which would rerun the whole sweep in every rank."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:  # no Hydra app (a notebook, a test)
+        return
+    t = cfg.get("trainer") or {}
+    devices, nodes = t.get("devices", 1), t.get("num_nodes", 1)
+    several = devices not in (1, "1", [0]) or (nodes or 1) > 1
+    if multirun and str(t.get("strategy", "")) == "ddp" and several:
+        raise ConfigError(
+            "a multirun (-m) with trainer.strategy=ddp on several devices would rerun the whole "
+            "sweep in every rank; use trainer.strategy=ddp_spawn, or hydra/launcher=submitit_slurm "
+            "(one job per sweep point, each with its own DDP), or trainer.devices=1"
+        )
+
+
 def build_callbacks(cfg: DictConfig, checkpoint_dir: Path) -> list[pl.Callback]:
     """Instantiate ``cfg.callbacks`` for a learned explainer's training; checkpoints go to
     ``checkpoint_dir`` (one folder per explainer, so compared ones do not mix)."""

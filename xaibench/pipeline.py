@@ -23,6 +23,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -34,6 +35,7 @@ from xaibench.build import (
     build_metrics,
     build_study,
     build_trainer,
+    check_launch,
     explainer_configs,
 )
 from xaibench.data import XaiDataModule, unpack_batch
@@ -199,7 +201,10 @@ def prepare_explainer(
     hint = f"{name} training interrupted; resume with ckpt_path={out / 'checkpoints' / 'last.ckpt'}"
     with resume_hint(trainer, hint):
         info = explainer.fit(dm, net, trainer, ckpt_path=ckpt_path)
-    info["weights"] = str(explainer.save(out / f"{name}.pt", info))
+    weights = out / f"{name}.pt"
+    if is_rank_zero():  # under strategy=ddp every rank trained the same weights
+        explainer.save(weights, info)
+    info["weights"] = str(weights)
     write_json(info, out / "explainer_training.json")  # on record even if evaluation fails
     return info
 
@@ -234,8 +239,16 @@ def evaluate(
     """
     cb = EvaluationCallback(metrics, out, name, seed=int(cfg.seed))
     trainer = build_trainer(cfg, callbacks=[cb], logger=False, enable_checkpointing=False)
+    written = out / "metrics.json"
+    if is_rank_zero():
+        written.unlink(missing_ok=True)
     trainer.test(ExplainerTestModule(net, explainer), datamodule=dm, verbose=False)
-    return cb.summary
+    if cb.summary or not is_rank_zero():
+        return cb.summary
+    # strategy=ddp_spawn: the callback ran in worker processes and rank 0 wrote the file
+    if not written.exists():
+        raise RuntimeError(f"the evaluation of {name!r} wrote no {written}")
+    return json.loads(written.read_text())
 
 
 def run_methods(
@@ -264,6 +277,8 @@ def run_methods(
             write_json(summary, out / "summary.json")
         results[name] = evaluate(cfg, dm, net, explainer, name, where, metrics)
     summary["test"] = results
+    if not is_rank_zero():  # strategy=ddp: rank 0 writes the tables and figures
+        return
     columns = list(dict.fromkeys(c for res in results.values() for c in res))
     write_tables(out, [{"name": k, "summary": v} for k, v in results.items()], columns)
     if cfg.get("paper_reference"):
@@ -295,6 +310,7 @@ def setup_run(
     Returns the datamodule (set up), the explainers by method name, the metric entries
     (built once, used for every method) and the output folder.
     """
+    check_launch(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     out = Path(cfg.paths.output_dir)
     dm = build_datamodule(cfg)
@@ -379,8 +395,15 @@ def summary_head(cfg: DictConfig, name: str, base: dict[str, Any], out: Path) ->
     }
 
 
+def is_rank_zero() -> bool:
+    """False in the processes of ranks > 0 of a ``strategy=ddp`` run (they write nothing)."""
+    return rank_zero_only.rank == 0
+
+
 def write_json(obj: Any, path: Path) -> None:
-    """Pretty JSON, written to a temp file and renamed (never half-written)."""
+    """Pretty JSON, written to a temp file and renamed (never half-written); rank 0 only."""
+    if not is_rank_zero():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")

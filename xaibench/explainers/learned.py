@@ -111,23 +111,26 @@ class LearnedExplainer(Explainer):
             ckpt_path: a Lightning checkpoint to resume from.
 
         Returns:
-            ``{"monitor", "best_score", "best_checkpoint", "epochs"}``.
+            ``{"monitor", "best_score", "best_checkpoint", "best_epoch", "epochs"}``
+            (``epochs`` is None under ``strategy=ddp_spawn``).
         """
         module = self.attach(classifier, datamodule.image_size)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         ckpt = trainer.checkpoint_callback
         best = str(getattr(ckpt, "best_model_path", "") or "")
-        score = getattr(ckpt, "best_model_score", None)
-        score = float(score) if best and score is not None else None
-        if best:
-            self.load_module_state(best)
-            log.info("%s: kept %s (%s %s)", self.name, best, self.monitor, score)
-        return {
+        record = {
             "monitor": self.monitor,
-            "best_score": score,
+            "best_score": None,
             "best_checkpoint": best,
-            "epochs": int(trainer.current_epoch),
+            "best_epoch": None,
+            # a trainer whose fit ran in spawned workers (ddp_spawn) never learns the count
+            "epochs": int(trainer.current_epoch) or None,
         }
+        if best:
+            record.update(_checkpoint_record(best))
+            self.load_module_state(best)
+            log.info("%s: kept %s (%s %s)", self.name, best, self.monitor, record["best_score"])
+        return record
 
     def save(self, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
         """Atomically write ``{"state_dict": trainable weights, "meta": meta}``; returns ``path``."""
@@ -166,3 +169,22 @@ class LearnedExplainer(Explainer):
                 "then load(path)"
             )
         return self.module
+
+
+def _checkpoint_record(path: str) -> dict[str, Any]:
+    """The kept epoch and its monitored score, read from the checkpoint file itself.
+
+    Under ``strategy=ddp_spawn`` training runs in worker processes: the caller's
+    ``ModelCheckpoint`` only learns the best path, so the file is the record.
+    ``epochs`` (the number trained) is taken from the trainer when it knows it.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    scores = [
+        v["best_model_score"]
+        for k, v in state.get("callbacks", {}).items()
+        if k.startswith("ModelCheckpoint") and v.get("best_model_score") is not None
+    ]
+    record: dict[str, Any] = {"best_epoch": int(state["epoch"])}
+    if scores:
+        record["best_score"] = float(scores[0])
+    return record
