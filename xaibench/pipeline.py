@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -275,7 +276,14 @@ def run_methods(
         if record is not None:
             summary.setdefault("explainer_training", {})[name] = record
             write_json(summary, out / "summary.json")
+        start = time.perf_counter()
         results[name] = evaluate(cfg, dm, net, explainer, name, where, metrics)
+        seconds, n = time.perf_counter() - start, len(dm.splits["test"])
+        summary.setdefault("timing", {})[name] = {
+            "evaluation_s": round(seconds, 3),
+            "test_images": n,
+            "images_per_s": round(n / seconds, 3),
+        }
     summary["test"] = results
     if not is_rank_zero():  # strategy=ddp: rank 0 writes the tables and figures
         return

@@ -64,8 +64,11 @@ def _fmt(stats: dict[str, float]) -> str:
     return f"{stats['mean']:.3f} ± {ci:.3f}{lost}"
 
 
-def write_tables(out_dir: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    """``table.md``, ``table.csv`` and ``table.tex``: one row per run (``rows[i]["name"]`` + ``summary``)."""
+def write_tables(
+    out_dir: Path, rows: list[dict[str, Any]], columns: list[str], stem: str = "table"
+) -> None:
+    """``<stem>.md``, ``<stem>.csv`` and ``<stem>.tex``: one row per run (``rows[i]["name"]``
+    + ``summary``), each column's mean ± half the 95% CI (NaN counts shown)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     header = ["method", *columns]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -74,7 +77,7 @@ def write_tables(out_dir: Path, rows: list[dict[str, Any]], columns: list[str]) 
         " & ".join(h.replace("_", "\\_") for h in header) + " \\\\",
         "\\hline",
     ]
-    with open(out_dir / "table.csv", "w", newline="") as f:
+    with open(out_dir / f"{stem}.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
             ["method", *(f"{c}{s}" for c in columns for s in ("", "_ci_low", "_ci_high", "_n_nan"))]
@@ -103,5 +106,5 @@ def write_tables(out_dir: Path, rows: list[dict[str, Any]], columns: list[str]) 
                 ]
             )
     tex.append("\\end{tabular}")
-    (out_dir / "table.md").write_text("\n".join(md) + "\n")
-    (out_dir / "table.tex").write_text("\n".join(tex) + "\n")
+    (out_dir / f"{stem}.md").write_text("\n".join(md) + "\n")
+    (out_dir / f"{stem}.tex").write_text("\n".join(tex) + "\n")
