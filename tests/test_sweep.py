@@ -82,3 +82,21 @@ def test_setting_labels_keep_rows_apart(tmp_path):
     aggregate_sweep(tmp_path)
     names = [ln.split(" | ")[0] for ln in (tmp_path / "table.md").read_text().splitlines()[2:]]
     assert names == ["| lax [explainer.lam=1]", "| lax [explainer.lam=5]"]
+
+
+def test_submitit_local_launcher_sweep_gets_its_table(tmp_path, shared_cache):
+    """The cluster path on one machine: hydra/launcher=local (submitit) runs each job as its
+    own process; the table is still written when the sweep ends."""
+    sweep = tmp_path / "sweep"
+    cmd = [
+        sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=local", *TINY_DIGITS,
+        "dataset.n_test=8", "metric=[msi]", "metric.msi.step=0.1",
+        "trainer.enable_progress_bar=false", f"paths.cache_dir={shared_cache}",
+        f"paths.data_dir={tmp_path / 'data'}", f"hydra.sweep.dir={sweep}",
+        "explainer=gradcam,saliency",
+    ]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (sweep / ".submitit").is_dir()
+    lines = (sweep / "table.md").read_text().splitlines()
+    assert [ln.split(" | ")[0] for ln in lines[2:]] == ["| gradcam", "| saliency"]
