@@ -117,12 +117,14 @@ def explainer_configs(cfg: DictConfig) -> dict[str, DictConfig]:
     The main explainer first (``cfg.explainer``; with ``explainer=none``, whose
     config has no ``_target_``, there are none at all), then each ``compare_with`` name
     loaded from ``configs/explainer/<name>.yaml``. The name is the file's
-    (the registry name of its class).
+    (the registry name of its class). ``explainer_settings.<name>`` (e.g.
+    ``explainer_settings.lime.n_samples=50``) is merged over that method's config.
     """
     out: dict[str, DictConfig] = {}
     if "_target_" not in (cfg.get("explainer") or {}):
         return out  # explainer=none: the classifier only, whatever compare_with says
-    out[_registered_name(cfg.explainer)] = cfg.explainer
+    main = _registered_name(cfg.explainer)
+    out[main] = _with_settings(cfg, main, cfg.explainer)
     folder = config_dir() / "explainer"
     for name in cfg.get("compare_with") or []:
         if name in out:
@@ -135,8 +137,16 @@ def explainer_configs(cfg: DictConfig) -> dict[str, DictConfig]:
             raise ConfigError(
                 f"compare_with: no explainer config {path}.{hint} Known: {', '.join(known)}"
             )
-        out[name] = _in_context(cfg, OmegaConf.load(path))
+        out[name] = _with_settings(cfg, name, OmegaConf.load(path))
     return out
+
+
+def _with_settings(cfg: DictConfig, name: str, node: DictConfig) -> DictConfig:
+    """``node`` with ``cfg.explainer_settings[name]`` merged over it, resolved in the run's
+    context. Per-method settings that apply whichever role the method has: the main
+    explainer, a ``compare_with`` row, or one point of a sweep over ``explainer=``."""
+    extra = (cfg.get("explainer_settings") or {}).get(name)
+    return _in_context(cfg, OmegaConf.merge(node, extra) if extra else node)
 
 
 def build_explainer(node: DictConfig, name: str):
