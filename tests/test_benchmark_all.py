@@ -40,3 +40,17 @@ def test_explainer_settings_reach_compare_with_rows(cfg_factory):
     nodes = explainer_configs(cfg)
     assert nodes["lime"].n_samples == 16
     assert build_explainer(nodes["lime"], "lime").n_samples == 16
+
+
+def test_deepfaith_ablation_sweeps_the_four_variants(cfg_factory):
+    cfg = cfg_factory(["experiment=deepfaith_ablation"])
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    variants = str(cfg.hydra.sweeper.params["+deepfaith_ablation"]).split(",")
+    expected = {"full": ("full", True), "pc": ("pc", True), "lc": ("lc", True),
+                "no_filter": ("full", False)}  # fmt: skip
+    assert variants == list(expected)
+    for v, (loss, use_filter) in expected.items():
+        point = cfg_factory(["experiment=deepfaith_ablation", f"+deepfaith_ablation={v}"])
+        node = explainer_configs(point)["deepfaith"]
+        assert (node.loss, node.use_filter) == (loss, use_filter)
+        build_explainer(node, "deepfaith")

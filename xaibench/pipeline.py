@@ -44,6 +44,7 @@ from xaibench.data.cache import atomic_save, config_hash, load_checked, normaliz
 from xaibench.data.determinism import EpochReseed
 from xaibench.errors import USER_ERRORS, ConfigError
 from xaibench.eval import EvaluationCallback, ExplainerTestModule, save_overlays, write_tables
+from xaibench.eval.aggregate import write_ranks
 from xaibench.eval.reference import write_paper_comparison
 from xaibench.eval.wandb_log import log_results
 from xaibench.preflight import preflight
@@ -288,7 +289,10 @@ def run_methods(
     if not is_rank_zero():  # strategy=ddp: rank 0 writes the tables and figures
         return
     columns = list(dict.fromkeys(c for res in results.values() for c in res))
-    write_tables(out, [{"name": k, "summary": v} for k, v in results.items()], columns)
+    rows = [{"name": k, "summary": v} for k, v in results.items()]
+    write_tables(out, rows, columns)
+    if len(rows) > 1:  # each method's rank per column and mean rank per metric entry
+        write_ranks(out, rows, columns)
     if cfg.get("paper_reference"):
         summary["paper_comparison"] = write_paper_comparison(out, results, cfg.paper_reference)
     if len(explainers) > 1:

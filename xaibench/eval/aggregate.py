@@ -108,3 +108,41 @@ def write_tables(
     tex.append("\\end{tabular}")
     (out_dir / f"{stem}.md").write_text("\n".join(md) + "\n")
     (out_dir / f"{stem}.tex").write_text("\n".join(tex) + "\n")
+
+
+def write_ranks(
+    out: Path, rows: list[dict[str, Any]], columns: list[str]
+) -> dict[str, dict[str, float]]:
+    """``ranks.{md,csv,tex}``: each row's rank per column that has a better direction
+    (``summary[c]["higher_is_better"]``; 1 = best, ties share the average rank, a NaN mean
+    ranks last), the mean rank per metric entry (family) and over all; best first.
+
+    Returns ``{row name: {column: rank}}``."""
+    from scipy.stats import rankdata
+
+    from xaibench.studies.common import write_table
+
+    directed = {}
+    for c in columns:
+        info = next((r["summary"][c] for r in rows if c in r["summary"]), {})
+        if info.get("higher_is_better") is not None:
+            directed[c] = (bool(info["higher_is_better"]), info.get("entry", c))
+    ranks: dict[str, dict[str, float]] = {r["name"]: {} for r in rows}
+    for c, (higher, _) in directed.items():
+        means = [r["summary"].get(c, {}).get("mean", math.nan) for r in rows]
+        key = [(-m if higher else m) if math.isfinite(m) else math.inf for m in means]
+        for r, rank in zip(rows, rankdata(key, method="average"), strict=True):
+            ranks[r["name"]][c] = float(rank)
+    families = list(dict.fromkeys(entry for _, entry in directed.values()))
+    header = ["method", *(f"mean rank {f}" for f in families), "mean rank (all)"]
+    table = []
+    for name, by_col in ranks.items():
+        fam = [
+            sum(v for c, v in by_col.items() if directed[c][1] == f)
+            / max(1, sum(1 for c in by_col if directed[c][1] == f))
+            for f in families
+        ]
+        table.append([name, *fam, sum(by_col.values()) / max(1, len(by_col))])
+    table.sort(key=lambda r: r[-1])
+    write_table(out, "ranks", header, table, digits=2)
+    return ranks

@@ -34,8 +34,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from xaibench.eval.aggregate import write_tables
-from xaibench.studies.common import write_table
+from xaibench.eval.aggregate import write_ranks, write_tables
 
 log = logging.getLogger(__name__)
 
@@ -149,38 +148,6 @@ def _rows(jobs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[s
     return per_job, merged
 
 
-def _ranks(
-    out: Path, rows: list[dict[str, Any]], columns: list[str]
-) -> dict[str, dict[str, float]]:
-    """``ranks.*``: rank per directed column (1 = best, ties averaged), mean rank per entry."""
-    from scipy.stats import rankdata
-
-    directed = {}
-    for c in columns:
-        info = next((r["summary"][c] for r in rows if c in r["summary"]), {})
-        if info.get("higher_is_better") is not None:
-            directed[c] = (bool(info["higher_is_better"]), info.get("entry", c))
-    ranks: dict[str, dict[str, float]] = {r["name"]: {} for r in rows}
-    for c, (higher, _) in directed.items():
-        means = [r["summary"].get(c, {}).get("mean", math.nan) for r in rows]
-        key = [(-m if higher else m) if math.isfinite(m) else math.inf for m in means]
-        for r, rank in zip(rows, rankdata(key, method="average"), strict=True):
-            ranks[r["name"]][c] = float(rank)
-    families = list(dict.fromkeys(entry for _, entry in directed.values()))
-    header = ["method", *(f"mean rank {f}" for f in families), "mean rank (all)"]
-    table = []
-    for name, by_col in ranks.items():
-        fam = [
-            sum(v for c, v in by_col.items() if directed[c][1] == f)
-            / max(1, sum(1 for c in by_col if directed[c][1] == f))
-            for f in families
-        ]
-        table.append([name, *fam, sum(by_col.values()) / max(1, len(by_col))])
-    table.sort(key=lambda r: r[-1])
-    write_table(out, "ranks", header, table, digits=2)
-    return ranks
-
-
 def _column_order(jobs: list[dict[str, Any]]) -> list[str]:
     """The columns in a job's own ``per_sample.csv`` order (``summary.json`` sorts its keys)."""
     for j in jobs:
@@ -243,7 +210,7 @@ def aggregate_sweep(sweep_dir: str | Path) -> dict[str, Any]:
         )
         write_tables(out, merged, columns)
         write_tables(out, per_job, columns, stem="table_jobs")
-        record["ranks"] = _ranks(out, merged, columns)
+        record["ranks"] = write_ranks(out, merged, columns)
         record["per_sample_rows"] = _per_sample(out, jobs)
         log.info("sweep table (%d jobs, %d rows) -> %s", len(jobs), len(merged), out / "table.md")
     (out / "sweep.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
