@@ -1,7 +1,8 @@
 """Every ``python train.py`` / ``python eval.py`` command the README shows runs, as written,
 through the real entry points (in-process Hydra apps), with tiny sizes appended.
 
-Allowed changes, and only these: sizes (images, width, epochs, metric grids), data paths
+Allowed changes, and only these: sizes (images, width, epochs, metric grids, samples of
+the learned and sampling explainers), a sweep over the whole registry cut to three points, data paths
 pointing at tiny copies of the official formats, ``trainer=gpu`` → ``trainer=cpu`` on a
 machine without CUDA, and the README's placeholder checkpoint path replaced by the one an
 earlier command wrote. A README command that fails here fails the suite.
@@ -50,6 +51,25 @@ METRIC_FAST = {
     ],
 }
 EXPLAINER_FAST = {"lax": ["explainer.max_epochs=1", "explainer.val_samples=8"]}
+# the learned and sampling methods in any role (sweep point, compare_with row): tiny sizes
+SETTINGS_FAST = [
+    "++explainer_settings.lax.max_epochs=1",
+    "++explainer_settings.lax.val_samples=8",
+    "++explainer_settings.deepfaith.max_epochs=1",
+    "++explainer_settings.deepfaith.val_samples=8",
+    "++explainer_settings.deepfaith.prior_samples=16",
+    "++explainer_settings.deepfaith.prior_methods=[saliency,gradcam]",
+    "++explainer_settings.deepfaith.n_subsets=4",
+    "++explainer_settings.lime.n_samples=16",
+    "++explainer_settings.kernel_shap.n_samples=16",
+]
+# metric files an experiment selects itself (their fast settings apply)
+EXPERIMENT_METRICS = {
+    "benchmark_all": "[paper,localization,faithfulness]",
+    "deepfaith_ablation": "[paper,faithfulness]",
+}
+# a sweep over the whole registry, shortened to three of its points (one learned of each kind)
+SWEEP_SHORT = {"benchmark_all": ["hydra.sweeper.params.explainer=lax,deepfaith,gradcam"]}
 
 
 def readme_blocks() -> list[tuple[str, list[str]]]:
@@ -99,10 +119,12 @@ def tiny_args(args: list[str]) -> list[str]:
     keys it sets, except sizes)."""
     experiment = choice(args, "experiment", "")
     dataset = choice(args, "dataset", "synthetic_digits")
-    metrics = choice(args, "metric", "[paper,localization]").strip("[]").split(",")
+    default_metrics = EXPERIMENT_METRICS.get(experiment, "[paper,localization]")
+    metrics = choice(args, "metric", default_metrics).strip("[]").split(",")
     search = choice(args, "hparams_search", "")
     explainer = choice(args, "explainer", "lax" if experiment == "demo" or search else "none")
-    extra = [*TINY[dataset], *COMMON, *EXPLAINER_FAST.get(explainer, [])]
+    extra = [*TINY[dataset], *COMMON, *EXPLAINER_FAST.get(explainer, []), *SETTINGS_FAST]
+    extra += SWEEP_SHORT.get(experiment, [])
     if search:  # two trials instead of the sweep's twenty
         extra += ["hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2"]
     extra += [o for m in metrics for o in METRIC_FAST.get(m, [])]

@@ -100,3 +100,16 @@ def test_submitit_local_launcher_sweep_gets_its_table(tmp_path, shared_cache):
     assert (sweep / ".submitit").is_dir()
     lines = (sweep / "table.md").read_text().splitlines()
     assert [ln.split(" | ")[0] for ln in lines[2:]] == ["| gradcam", "| saliency"]
+
+
+def test_slurm_launcher_config_follows_the_trainer(cfg_factory):
+    """The README's cluster command composes (no SLURM here): one task and one GPU per
+    trainer device, so Lightning's DDP runs inside each job."""
+    cfg = cfg_factory(
+        ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "trainer=ddp",
+         "trainer.devices=4", "experiment=benchmark_all"]
+    )  # fmt: skip
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
+    assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 1)
+    assert "explainer" in cfg.hydra.sweeper.params
