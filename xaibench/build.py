@@ -124,7 +124,7 @@ def explainer_configs(cfg: DictConfig) -> dict[str, DictConfig]:
     if "_target_" not in (cfg.get("explainer") or {}):
         return out  # explainer=none: the classifier only, whatever compare_with says
     main = _registered_name(cfg.explainer)
-    out[main] = _with_settings(cfg, main, cfg.explainer)
+    out[main] = _with_settings(cfg, main, cfg.explainer, keep=_command_line_keys())
     folder = config_dir() / "explainer"
     for name in cfg.get("compare_with") or []:
         if name in out:
@@ -141,12 +141,28 @@ def explainer_configs(cfg: DictConfig) -> dict[str, DictConfig]:
     return out
 
 
-def _with_settings(cfg: DictConfig, name: str, node: DictConfig) -> DictConfig:
+def _with_settings(
+    cfg: DictConfig, name: str, node: DictConfig, keep: frozenset[str] = frozenset()
+) -> DictConfig:
     """``node`` with ``cfg.explainer_settings[name]`` merged over it, resolved in the run's
     context. Per-method settings that apply whichever role the method has: the main
-    explainer, a ``compare_with`` row, or one point of a sweep over ``explainer=``."""
-    extra = (cfg.get("explainer_settings") or {}).get(name)
+    explainer, a ``compare_with`` row, or one point of a sweep over ``explainer=``.
+    Keys in ``keep`` (set on the command line as ``explainer.<key>=``) are not overridden."""
+    extra = (cfg.get("explainer_settings") or {}).get(name) or {}
+    extra = {k: v for k, v in extra.items() if k not in keep}
     return _in_context(cfg, OmegaConf.merge(node, extra) if extra else node)
+
+
+def _command_line_keys() -> frozenset[str]:
+    """Top-level explainer keys the command line sets (``explainer.optimizer.lr=`` → optimizer)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        task = HydraConfig.get().overrides.task
+    except ValueError:  # no Hydra app
+        return frozenset()
+    keys = (o.split("=", 1)[0].lstrip("+~") for o in task)
+    return frozenset(k.split(".")[1] for k in keys if k.startswith("explainer."))
 
 
 def build_explainer(node: DictConfig, name: str):
