@@ -34,6 +34,7 @@ FAST_METRICS = {
     ],
     "qge": ["metric.qge_msi.step=0.1", "metric.qge_deletion.step=0.1", "metric.qge_msi.k=2"],
     "fidelity": ["metric.ffidelity.num_masks=4", "metric.ffidelity.step=0.25"],
+    "road": ["metric.road.percentiles=[30,70]"],
     "faithfulness": [
         "metric.faithfulness_correlation.nr_runs=5",
         "metric.infidelity_correlation.nr_runs=5",

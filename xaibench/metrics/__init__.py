@@ -45,6 +45,7 @@ from xaibench.metrics.registry import (
     metric_keys,
     register_metric,
 )
+from xaibench.metrics.road import road  # noqa: F401  (registers ROAD)
 from xaibench.metrics.seeding import counter_uniform, per_sample_rand, sample_generator, sample_seed
 
 __all__ = [
