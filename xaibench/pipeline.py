@@ -46,6 +46,14 @@ from xaibench.errors import USER_ERRORS, ConfigError
 from xaibench.eval import EvaluationCallback, ExplainerTestModule, save_overlays, write_tables
 from xaibench.eval.aggregate import write_ranks
 from xaibench.eval.reference import write_paper_comparison
+from xaibench.eval.results import merge_rows, write_evaluation
+from xaibench.eval.shards import (
+    evaluation_key,
+    parse_selection,
+    shard_folder,
+    shard_path,
+    shard_ranges,
+)
 from xaibench.eval.wandb_log import log_results
 from xaibench.preflight import preflight
 
@@ -237,20 +245,49 @@ def evaluate(
 ) -> dict[str, Any]:
     """Test-set evaluation of one explainer with the run's metric entries; writes into ``out``.
 
-    Returns ``{column: {mean, ci_low, ci_high, n, n_nan}}``.
+    Resumable and shardable (:mod:`xaibench.eval.shards`): each range of
+    ``evaluation.shard_size`` test samples is scored once and saved; ranges already
+    saved for the same key are read back. With ``evaluation.shard=i/n`` only this
+    job's ranges are scored and, unless every range exists, nothing is written.
+
+    Returns ``{column: {mean, ci_low, ci_high, n, n_nan, ...}}`` (``{}`` on ranks > 0
+    and for a partial sharded job).
     """
-    cb = EvaluationCallback(metrics, out, name, seed=int(cfg.seed))
-    trainer = build_trainer(cfg, callbacks=[cb], logger=False, enable_checkpointing=False)
-    written = out / "metrics.json"
-    if is_rank_zero():
-        written.unlink(missing_ok=True)
-    trainer.test(ExplainerTestModule(net, explainer), datamodule=dm, verbose=False)
-    if cb.summary or not is_rank_zero():
-        return cb.summary
-    # strategy=ddp_spawn: the callback ran in worker processes and rank 0 wrote the file
-    if not written.exists():
-        raise RuntimeError(f"the evaluation of {name!r} wrote no {written}")
-    return json.loads(written.read_text())
+    ev = cfg.get("evaluation") or {}
+    selection = parse_selection(ev.get("shard"))
+    key = evaluation_key(
+        cfg, name, explainer_configs(cfg)[name], explainer, dm.split_info()["test"],
+        base_checkpoint_path(cfg, dm).name,
+    )  # fmt: skip
+    folder = shard_folder(cfg, name, key)
+    ranges = shard_ranges(len(dm.splits["test"]), ev.get("shard_size"))
+    mine = [
+        r for k, r in enumerate(ranges) if selection is None or k % selection[1] == selection[0]
+    ]
+    module = ExplainerTestModule(net, explainer)
+    for start, stop in mine:
+        path = shard_path(folder, start, stop)
+        if load_checked(path, {**key, "range": [start, stop]}) is not None:
+            log.info("%s: test samples %d-%d already scored (%s)", name, start, stop - 1, path)
+            continue
+        cb = EvaluationCallback(
+            metrics, out, name, seed=int(cfg.seed), shard_path=path,
+            shard_key={**key, "range": [start, stop]},
+        )  # fmt: skip
+        trainer = build_trainer(cfg, callbacks=[cb], logger=False, enable_checkpointing=False)
+        trainer.test(module, dataloaders=dm.test_range_dataloader(start, stop), verbose=False)
+    if not is_rank_zero():
+        return {}
+    parts = [load_checked(shard_path(folder, a, b), {**key, "range": [a, b]}) for a, b in ranges]
+    if any(p is None for p in parts):
+        done = sum(p is not None for p in parts)
+        log.info(
+            "%s: %d of %d test ranges scored in %s; run the command without evaluation.shard "
+            "to score the rest and write the table",
+            name, done, len(ranges), folder,
+        )  # fmt: skip
+        return {}
+    return write_evaluation(out, name, merge_rows(parts), seed=int(cfg.seed))
 
 
 def run_methods(
@@ -286,8 +323,8 @@ def run_methods(
             "images_per_s": round(n / seconds, 3),
         }
     summary["test"] = results
-    if not is_rank_zero():  # strategy=ddp: rank 0 writes the tables and figures
-        return
+    if not is_rank_zero() or not all(results.values()):
+        return  # strategy=ddp rank > 0, or a job of evaluation.shard=i/n: no tables here
     columns = list(dict.fromkeys(c for res in results.values() for c in res))
     rows = [{"name": k, "summary": v} for k, v in results.items()]
     write_tables(out, rows, columns)

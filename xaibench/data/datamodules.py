@@ -17,7 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from xaibench import errors as _errors  # module import: xaibench.errors imports this package
 from xaibench.data import sources
@@ -132,9 +132,9 @@ class XaiDataModule(pl.LightningDataModule):
             },
         }
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, rows: range | None = None) -> DataLoader:
         self.setup()
-        ds = self.splits[split]
+        ds = self.splits[split] if rows is None else Subset(self.splits[split], rows)
         sampler = EpochSampler(len(ds), self.seed) if shuffle else None  # type: ignore[arg-type]
         return DeferredDataLoader(
             ds,
@@ -154,6 +154,10 @@ class XaiDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", False)
+
+    def test_range_dataloader(self, start: int, stop: int) -> DataLoader:
+        """Test samples ``[start, stop)`` in order (their ``index`` is their test-set position)."""
+        return self._loader("test", False, range(start, stop))
 
     def _check_labels(self, labels: Tensor, where: str) -> None:
         """Raise :class:`~xaibench.errors.DataError` unless every label is in ``[0, num_classes)``.

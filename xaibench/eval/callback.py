@@ -8,16 +8,17 @@ curves ``(N, K)`` are averaged for the figure. Under DDP, ranks' rows are
 gathered and de-duplicated by ``index`` (DistributedSampler pads with
 repeats), so a multi-process run writes the rows of a one-process run.
 At the end it writes ``per_sample.csv``, ``metrics.json``, ``table.{md,csv,tex}``
-and ``figures/`` into ``out_dir``.
+and ``figures/`` into ``out_dir`` (:func:`~xaibench.eval.results.write_evaluation`), or,
+given a ``shard_path``, saves its rows there as one shard of a resumable evaluation.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -25,10 +26,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from xaibench.data.cache import atomic_save, normalize_key
 from xaibench.data.datasets import Batch, unpack_batch
-from xaibench.eval.aggregate import summarize, write_per_sample, write_tables
-from xaibench.eval.figures import save_curves, save_overlays
+from xaibench.eval.results import GRIDS, Rows, write_evaluation
 from xaibench.metrics.registry import entry_spec
+from xaibench.metrics.shared_forward import ForwardStats, SharedForward
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,19 @@ def column_names(keys: dict[str, Sequence[str]]) -> dict[str, dict[str, str]]:
         entry: {k: k if counts[k] == 1 else f"{entry}/{k}" for k in entry_keys}
         for entry, entry_keys in keys.items()
     }
+
+
+def curve_grid(key: str, k: int, res: dict[str, Tensor]) -> tuple[str | None, Tensor]:
+    """The x values ``(K,)`` of curve ``key``: the result's 1-D grid of length ``k`` with the
+    same mode suffix (``show_curve`` → ``alphas``, ``insertion_curve_value`` →
+    ``steps_value``), else ``(None, linspace(0, 1, k))``."""
+    suffix = next((s for s in ("_value", "_percent") if key.endswith(s)), "")
+    for name, v in res.items():
+        plain = not name.endswith(("_value", "_percent"))
+        same_mode = name.endswith(suffix) if suffix else plain
+        if same_mode and v.dim() == 1 and v.shape[0] == k and name in GRIDS:
+            return name, v.detach().double().cpu()
+    return None, torch.linspace(0, 1, k, dtype=torch.float64)
 
 
 def gather_rows(index: Tensor, columns: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -76,6 +91,12 @@ class EvaluationCallback(pl.Callback):
         method: the explainer's name (the table's row label).
         figure_images: how many test images the overlay figure shows.
         seed: bootstrap seed.
+        share_forward: forward each distinct perturbed input once per batch across
+            all entries (:class:`~xaibench.metrics.shared_forward.SharedForward`);
+            ``forward_stats`` adds up its counts over the batches.
+        shard_path: save this epoch's rows there (atomically, with ``meta.key`` =
+            ``shard_key``) instead of writing the files: one shard of a resumable
+            evaluation (:mod:`xaibench.eval.shards`), merged by the caller.
     """
 
     def __init__(
@@ -86,6 +107,9 @@ class EvaluationCallback(pl.Callback):
         *,
         figure_images: int = 8,
         seed: int = 0,
+        share_forward: bool = True,
+        shard_path: str | Path | None = None,
+        shard_key: dict[str, Any] | None = None,
     ) -> None:
         if not metrics:
             raise ValueError("EvaluationCallback needs at least one metric (configs/metric/)")
@@ -93,6 +117,9 @@ class EvaluationCallback(pl.Callback):
         self.specs = {entry: entry_spec(fn) for entry, fn in self.metrics.items()}
         self.columns = column_names({entry: spec.keys for entry, spec in self.specs.items()})
         self.figure_images, self.seed = figure_images, seed
+        self.share_forward, self.forward_stats = share_forward, ForwardStats()
+        self.shard_path = None if shard_path is None else Path(shard_path)
+        self.shard_key = shard_key or {}
         self.summary: dict[str, dict[str, float]] = {}
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -101,6 +128,7 @@ class EvaluationCallback(pl.Callback):
             c: [] for names in self.columns.values() for c in names.values()
         }
         self._curves: dict[tuple[str, str], list[Tensor]] = {}  # (entry, key) -> batches
+        self._grids: dict[tuple[str, str], tuple[str | None, Tensor]] = {}
         self._figure: tuple[Tensor, Tensor, Tensor] | None = None
         self._warned: set[str] = set()
 
@@ -134,8 +162,11 @@ class EvaluationCallback(pl.Callback):
         heat = outputs["heatmaps"].detach()
         n = len(b.labels)
         self._index.append(b.index.cpu())
+        # one SharedForward per batch: entries' identical perturbed inputs are forwarded once
+        shared = SharedForward(pl_module.net, share=self.share_forward)
+        scope = SimpleNamespace(net=shared)  # what _score reads of the module
         for entry in self.metrics:
-            res = self._score(entry, pl_module, b, heat)
+            res = self._score(entry, scope, b, heat)
             for key, column in self.columns[entry].items():
                 if key not in res or tuple(res[key].shape) != (n,):
                     got = tuple(res[key].shape) if key in res else "nothing"
@@ -144,36 +175,55 @@ class EvaluationCallback(pl.Callback):
                         f"returned {got} for it (expected ({n},)); fix its registration"
                     )
                 self._cols[column].append(res[key].detach().double().cpu())
-            for key, v in res.items():  # curves (N, K); a 1-D grid (alphas) is not kept
-                if key not in self.columns[entry] and v.dim() == 2 and v.shape[0] == n:
-                    self._curves.setdefault((entry, key), []).append(v.detach().double().cpu())
+            self._keep_curves(entry, res, n)
+        shared.clear()
+        self.forward_stats += shared.stats
         if self._figure is None and trainer.is_global_zero:
             k = self.figure_images
             self._figure = (b.images[:k].cpu(), heat[:k].cpu(), b.labels[:k].cpu())
 
+    def _keep_curves(self, entry: str, res: dict[str, Tensor], n: int) -> None:
+        """Keep the entry's curves ``(N, K)``, each with the 1-D grid it is drawn over."""
+        for key, v in res.items():
+            if key in self.columns[entry] or v.dim() != 2 or v.shape[0] != n:
+                continue
+            self._curves.setdefault((entry, key), []).append(v.detach().double().cpu())
+            if (entry, key) not in self._grids:
+                self._grids[(entry, key)] = curve_grid(key, v.shape[1], res)
+
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        index, cols = gather_rows(
-            torch.cat(self._index), {k: torch.cat(v) for k, v in self._cols.items()}
-        )
+        rows = self._gather()
         if not trainer.is_global_zero:
             return
-        self.summary = summarize(cols, seed=self.seed)
-        write_per_sample(self.out_dir / "per_sample.csv", index, cols)
-        (self.out_dir / "metrics.json").write_text(json.dumps(self.summary, indent=2) + "\n")
-        write_tables(self.out_dir, [{"name": self.method, "summary": self.summary}], list(cols))
-        if self._figure is not None:
-            imgs, heat, labels = self._figure
-            save_overlays(
-                self.out_dir / "figures" / "overlays.png", imgs, {self.method: heat}, labels
-            )
-        keys: dict[str, list[str]] = {}
-        for entry, key in self._curves:
-            keys.setdefault(entry, []).append(key)
-        names = column_names(keys)
-        curves = {
-            names[entry][key]: (torch.linspace(0, 1, v[0].shape[1]), torch.cat(v))
-            for (entry, key), v in self._curves.items()
+        if self.shard_path is not None:
+            atomic_save({**rows, "meta": {"key": normalize_key(self.shard_key)}}, self.shard_path)
+            log.info("evaluated %d test samples -> %s", len(rows["index"]), self.shard_path)
+            return
+        self.summary = write_evaluation(self.out_dir, self.method, rows, seed=self.seed)
+        log.info("evaluated %d test samples -> %s", len(rows["index"]), self.out_dir)
+
+    def _gather(self) -> Rows:
+        """This epoch's rows from every rank (de-duplicated by ``index``), as a
+        :mod:`~xaibench.eval.results` rows dict."""
+        curves = {f"{e}\x1f{k}": torch.cat(v) for (e, k), v in self._curves.items()}
+        index, cols = gather_rows(
+            torch.cat(self._index),
+            {**{k: torch.cat(v) for k, v in self._cols.items()}, **curves},
+        )
+        info = {
+            column: {"entry": entry, "higher_is_better": self.specs[entry].directions.get(key)}
+            for entry, names in self.columns.items()
+            for key, column in names.items()
         }
-        if curves:
-            save_curves(self.out_dir / "figures" / "curves.png", curves)
-        log.info("evaluated %d test samples -> %s", len(index), self.out_dir)
+        nested: dict[str, dict[str, dict[str, Any]]] = {}
+        for (entry, key), (grid, x) in self._grids.items():
+            nested.setdefault(entry, {})[key] = {
+                "grid": grid,
+                "x": x,
+                "values": cols.pop(f"{entry}\x1f{key}"),
+            }
+        figure = None
+        if self._figure is not None:
+            images, heat, labels = self._figure
+            figure = {"images": images, "heatmaps": heat, "labels": labels}
+        return {"index": index, "columns": cols, "info": info, "curves": nested, "figure": figure}

@@ -42,20 +42,33 @@ def save_overlays(
     plt.close(fig)
 
 
-def save_curves(path: Path, curves: dict[str, tuple[Tensor, Tensor]]) -> None:
-    """Mean curves: name → ``(x (K,), per-sample curves (N, K))``; NaNs ignored."""
+def save_curves(
+    path: Path, panels: dict[str, tuple[str, dict[str, tuple[Tensor, Tensor]]]]
+) -> None:
+    """Mean curves, one panel per curve family, each on its own x-axis.
+
+    Args:
+        panels: title → (x-axis label, {curve name → (x ``(K,)``, per-sample curves
+            ``(N, K)``)}); NaNs are ignored in the mean.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name, (x, c) in curves.items():
-        c = c.double()
-        ax.plot(x.cpu(), torch.nanmean(c, 0).cpu(), label=name)
-    ax.set_xlabel("threshold α / fraction")
-    ax.set_ylabel("score")
-    ax.legend(fontsize=7)
+    n = len(panels)
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    for ax, (title, (xlabel, curves)) in zip(axes.flat, panels.items(), strict=False):
+        for name, (x, c) in curves.items():
+            ax.plot(x.cpu(), torch.nanmean(c.double(), 0).cpu(), label=name)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel("score", fontsize=8)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
