@@ -74,7 +74,7 @@ def weights_digest(explainer: Any) -> str | None:
     h = hashlib.sha256()
     for name, t in sorted(state().items()):
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
