@@ -3,7 +3,9 @@
 Demo model: ``resnet18(10, width=0.25, stem="stride2")`` (untrained weights:
 throughput does not depend on them), 64×64 inputs, each method with its
 config defaults. Slow methods get fewer images so the whole run stays near a
-minute on 2 CPU cores. ``scripts/bench.py`` calls :func:`bench_explainers`.
+minute on 2 CPU cores. Learned explainers (LAX, DeepFaith) are attached to
+the classifier untrained (``explainer.attach(model, size)``): throughput does
+not depend on their weights. ``scripts/bench.py`` calls :func:`bench_explainers`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 import torch
 
 from xaibench.explainers import get_explainer, list_explainers
+from xaibench.explainers.learned import LearnedExplainer
 from xaibench.models import resnet18
 
 # images per method: fewer for the ones that run many forward passes per image
@@ -53,6 +56,8 @@ def bench_explainers(
         x = torch.rand(n, 3, size, size, device=device)
         y = torch.arange(n, device=device) % 10
         explainer = get_explainer(name)
+        if isinstance(explainer, LearnedExplainer):  # LAX, DeepFaith: untrained heads, same cost
+            explainer.attach(model, size)
         explainer(model, x[:1], y[:1])  # warm-up
         if device.startswith("cuda"):
             torch.cuda.synchronize()
