@@ -45,7 +45,7 @@ from xaibench.data.determinism import EpochReseed
 from xaibench.errors import USER_ERRORS, ConfigError
 from xaibench.eval import EvaluationCallback, ExplainerTestModule, save_overlays, write_tables
 from xaibench.eval.aggregate import write_ranks
-from xaibench.eval.reference import write_paper_comparison
+from xaibench.eval.reference import check_paper_reference, write_paper_comparison
 from xaibench.eval.results import merge_rows, write_evaluation
 from xaibench.eval.shards import (
     evaluation_key,
@@ -367,6 +367,8 @@ def setup_run(
     with torch.random.fork_rng(devices=[]):  # the checks draw nothing from the run's seed
         explainers = {n: build_explainer(node, n) for n, node in explainer_configs(cfg).items()}
         metrics = build_metrics(cfg) if explainers else {}
+        if cfg.get("paper_reference") and explainers:  # a typo fails before training
+            check_paper_reference(cfg.paper_reference, metrics, explainers)
         first = unpack_batch([torch.as_tensor(t).unsqueeze(0) for t in dm.splits["test"][0]])
         preflight(
             freeze(instantiate(cfg.model).net),

@@ -91,6 +91,7 @@ def evaluation_key(
         "classifier": classifier,
         "test": split,
         "seed": int(cfg.seed),
+        "limit_test_batches": (cfg.get("trainer") or {}).get("limit_test_batches"),
         "source": source_digest(),
     }
 
