@@ -275,7 +275,13 @@ def evaluate(
             shard_key={**key, "range": [start, stop]},
         )  # fmt: skip
         trainer = build_trainer(cfg, callbacks=[cb], logger=False, enable_checkpointing=False)
-        trainer.test(module, dataloaders=dm.test_range_dataloader(start, stop), verbose=False)
+        # the loader is built from the datamodule where the test runs (in each worker
+        # under ddp_spawn: a loader built here and pickled fails there after a spawned fit)
+        dm.test_rows = range(start, stop)
+        try:
+            trainer.test(module, datamodule=dm, verbose=False)
+        finally:
+            dm.test_rows = None
     if not is_rank_zero():
         return {}
     parts = [load_checked(shard_path(folder, a, b), {**key, "range": [a, b]}) for a, b in ranges]

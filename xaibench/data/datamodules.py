@@ -91,6 +91,7 @@ class XaiDataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.seed, self.augment = num_workers, int(seed), augment
         self.splits: dict[str, Dataset] = {}
+        self.test_rows: range | None = None  # set by a resumable evaluation (one range)
         self._split_ids: dict[str, Any] = {}
 
     # -- subclass API ---------------------------------------------------------
@@ -153,11 +154,9 @@ class XaiDataModule(pl.LightningDataModule):
         return self._loader("val", False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def test_range_dataloader(self, start: int, stop: int) -> DataLoader:
-        """Test samples ``[start, stop)`` in order (their ``index`` is their test-set position)."""
-        return self._loader("test", False, range(start, stop))
+        """The test split, or only its samples ``test_rows`` (a ``range``, for one range of
+        a resumable evaluation; each sample's ``index`` stays its test-set position)."""
+        return self._loader("test", False, self.test_rows)
 
     def _check_labels(self, labels: Tensor, where: str) -> None:
         """Raise :class:`~xaibench.errors.DataError` unless every label is in ``[0, num_classes)``.
