@@ -69,7 +69,7 @@ EXPERIMENT_METRICS = {
     "deepfaith_ablation": "[paper,faithfulness]",
 }
 # a sweep over the whole registry, shortened to three of its points (one learned of each kind)
-SWEEP_SHORT = {"benchmark_all": ["hydra.sweeper.params.explainer=lax,deepfaith,gradcam"]}
+SWEEP_SHORT = {"benchmark_all": ["hydra.sweeper.params.explainer='lax,deepfaith,gradcam'"]}
 
 
 def readme_blocks() -> list[tuple[str, list[str]]]:
