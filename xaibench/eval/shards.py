@@ -14,6 +14,9 @@ a digest of xaibench's own source. So:
   jobs (a submitit array) split one test set, and the same command without
   ``evaluation.shard`` merges them into the one table (computing what is missing);
 - a changed config, weight or source file never reuses a stale range.
+
+A ``trainer.fast_dev_run`` scores one batch per range: its ranges go to
+``<output_dir>/eval_shards/`` (kept with that run, never in the shared cache).
 """
 
 from __future__ import annotations
@@ -92,13 +95,18 @@ def evaluation_key(
         "test": split,
         "seed": int(cfg.seed),
         "limit_test_batches": (cfg.get("trainer") or {}).get("limit_test_batches"),
+        "fast_dev_run": (cfg.get("trainer") or {}).get("fast_dev_run"),
         "source": source_digest(),
     }
 
 
 def shard_folder(cfg: DictConfig, name: str, key: dict[str, Any]) -> Path:
-    """``<cache_dir>/eval/<dataset>-<method>-<hash of key>/``."""
-    return Path(cfg.paths.cache_dir) / "eval" / f"{cfg.dataset.name}-{name}-{config_hash(key)}"
+    """``<cache_dir>/eval/<dataset>-<method>-<hash of key>/`` (``<output_dir>/eval_shards/...``
+    under ``trainer.fast_dev_run``: one batch per range is a smoke test, not a result to keep)."""
+    base = Path(cfg.paths.cache_dir) / "eval"
+    if (cfg.get("trainer") or {}).get("fast_dev_run"):
+        base = Path(cfg.paths.output_dir) / "eval_shards"
+    return base / f"{cfg.dataset.name}-{name}-{config_hash(key)}"
 
 
 def shard_path(folder: Path, start: int, stop: int) -> Path:
