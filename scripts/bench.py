@@ -32,7 +32,6 @@ of the model's own forward img/s (the roofline); ``scripts/bench_gpu.sh``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import math
@@ -40,7 +39,7 @@ import platform
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -59,6 +58,7 @@ from xaibench.metrics.faithfulness import (
     region_perturbation,
 )
 from xaibench.metrics.road import road
+from xaibench.metrics.shared_forward import row_counter
 from xaibench.models import resnet18
 
 SCRIPTS = Path(__file__).resolve().parent
@@ -118,21 +118,6 @@ def timed(fn: Callable[[], object], device: str) -> tuple[float, object]:
     out = fn()
     sync(device)
     return time.perf_counter() - t0, out
-
-
-@contextlib.contextmanager
-def row_counter(model: nn.Module) -> Iterator[list[int]]:
-    """Count the rows (images) ``model.forward`` receives inside the block."""
-    rows = [0]
-
-    def pre(_: nn.Module, args: tuple) -> None:
-        rows[0] += int(args[0].shape[0])
-
-    handle = model.register_forward_pre_hook(pre)
-    try:
-        yield rows
-    finally:
-        handle.remove()
 
 
 def bare_seconds(s: Setup, rows: int) -> float:

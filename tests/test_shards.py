@@ -108,3 +108,17 @@ def test_selection_and_ranges_are_checked():
             parse_selection(bad)
     assert shard_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
     assert shard_ranges(10, 0) == [(0, 10)]
+
+
+def test_n_test_scores_a_prefix_with_the_same_rows(run, scored, tmp_path):
+    _, whole = run([], tmp_path / "a")
+    scored.calls = []
+    summary, out = run(["evaluation.n_test=11"], tmp_path / "a")
+    assert scored.calls == ["0000000-0000008.pt", "0000008-0000011.pt"]  # a new key: rescored
+    prefix = (whole / "per_sample.csv").read_text().splitlines()[:12]
+    assert (out / "per_sample.csv").read_text().splitlines() == prefix
+    assert summary["test"]["saliency"]["msi"]["n"] == 11
+    assert summary["timing"]["saliency"]["test_images"] == 11
+    for bad, match in (("0", "positive integer"), ("27", "more than the 26 test samples")):
+        with pytest.raises(ConfigError, match=match):
+            run([f"evaluation.n_test={bad}"], tmp_path / "c")

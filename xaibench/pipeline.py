@@ -45,6 +45,8 @@ from xaibench.data.determinism import EpochReseed
 from xaibench.errors import USER_ERRORS, ConfigError
 from xaibench.eval import EvaluationCallback, ExplainerTestModule, save_overlays, write_tables
 from xaibench.eval.aggregate import write_ranks
+from xaibench.eval.callback import EvaluationResult
+from xaibench.eval.fast import FastFlags
 from xaibench.eval.reference import check_paper_reference, write_paper_comparison
 from xaibench.eval.results import merge_rows, write_evaluation
 from xaibench.eval.shards import (
@@ -234,6 +236,24 @@ def _load_weights(
     return {"weights": str(ckpt)}
 
 
+def evaluated_count(cfg: DictConfig, dm: XaiDataModule) -> int:
+    """How many test samples an evaluation scores: the first ``evaluation.n_test`` of the
+    test split (``null``: all of it). Smaller than the split, it evaluates a prefix without
+    changing the dataset config, so the cached base classifier is reused."""
+    total = len(dm.splits["test"])
+    n = (cfg.get("evaluation") or {}).get("n_test")
+    if n is None:
+        return total
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"evaluation.n_test={n!r} must be null or a positive integer")
+    if n > total:
+        raise ConfigError(
+            f"evaluation.n_test={n} is more than the {total} test samples of {dm.name}; "
+            "use null (all) or a smaller number"
+        )
+    return n
+
+
 def evaluate(
     cfg: DictConfig,
     dm: XaiDataModule,
@@ -250,31 +270,46 @@ def evaluate(
     saved for the same key are read back. With ``evaluation.shard=i/n`` only this
     job's ranges are scored and, unless every range exists, nothing is written.
 
-    Returns ``{column: {mean, ci_low, ci_high, n, n_nan, ...}}`` (``{}`` on ranks > 0
-    and for a partial sharded job).
+    The metrics' forward passes follow ``evaluation.share_forward`` (each distinct
+    perturbed input once per batch) and the fast-forward flags ``evaluation.channels_last``,
+    ``compile`` and ``autocast`` (:class:`~xaibench.eval.fast.FastFlags`); they are part
+    of the ranges' key.
+
+    Returns an :class:`~xaibench.eval.callback.EvaluationResult`: ``{column: {mean, ci_low,
+    ci_high, n, n_nan, ...}}`` (``{}`` on ranks > 0 and for a partial sharded job), with
+    ``.run["forwards"]`` (the forward counts of the ranges scored in this process) and,
+    with a fast-forward flag, ``.run["fast_forward"]`` (its check on the first batch).
     """
     ev = cfg.get("evaluation") or {}
     selection = parse_selection(ev.get("shard"))
+    fast = FastFlags.from_config(ev)
+    share = ev.get("share_forward", True)
+    if not isinstance(share, bool):
+        raise ConfigError(f"evaluation.share_forward={share!r} must be true or false")
     key = evaluation_key(
         cfg, name, explainer_configs(cfg)[name], explainer, dm.split_info()["test"],
         base_checkpoint_path(cfg, dm).name,
     )  # fmt: skip
+    key["forward"] = {"share_forward": share, **fast.as_dict()}  # fast flags may move values
+    n_test = evaluated_count(cfg, dm)
+    key["n_test"] = n_test  # a prefix is its own evaluation (its last range is shorter)
     folder = shard_folder(cfg, name, key)
-    ranges = shard_ranges(len(dm.splits["test"]), ev.get("shard_size"))
+    ranges = shard_ranges(n_test, ev.get("shard_size"))
     mine = [
         r for k, r in enumerate(ranges) if selection is None or k % selection[1] == selection[0]
     ]
     module = ExplainerTestModule(net, explainer)
+    # one callback for every range: its forward counts add up, its fast copy is built once
+    cb = EvaluationCallback(metrics, out, name, seed=int(cfg.seed), share_forward=share, fast=fast)
     for start, stop in mine:
         path = shard_path(folder, start, stop)
         if load_checked(path, {**key, "range": [start, stop]}) is not None:
             log.info("%s: test samples %d-%d already scored (%s)", name, start, stop - 1, path)
             continue
-        cb = EvaluationCallback(
-            metrics, out, name, seed=int(cfg.seed), shard_path=path,
-            shard_key={**key, "range": [start, stop]},
-        )  # fmt: skip
+        cb.for_shard(path, {**key, "range": [start, stop]})
         trainer = build_trainer(cfg, callbacks=[cb], logger=False, enable_checkpointing=False)
+        if fast.autocast is not None:  # bf16 autocast on a CPU run: fail before scoring
+            fast.check_device(trainer.strategy.root_device)
         # the loader is built from the datamodule where the test runs (in each worker
         # under ddp_spawn: a loader built here and pickled fails there after a spawned fit)
         dm.test_rows = range(start, stop)
@@ -282,8 +317,11 @@ def evaluate(
             trainer.test(module, datamodule=dm, verbose=False)
         finally:
             dm.test_rows = None
+    run = {"forwards": cb.forward_stats.as_dict()}
+    if cb.fast_check is not None:
+        run["fast_forward"] = cb.fast_check
     if not is_rank_zero():
-        return {}
+        return EvaluationResult(run=run)
     parts = [load_checked(shard_path(folder, a, b), {**key, "range": [a, b]}) for a, b in ranges]
     if any(p is None for p in parts):
         done = sum(p is not None for p in parts)
@@ -292,8 +330,8 @@ def evaluate(
             "to score the rest and write the table",
             name, done, len(ranges), folder,
         )  # fmt: skip
-        return {}
-    return write_evaluation(out, name, merge_rows(parts), seed=int(cfg.seed))
+        return EvaluationResult(run=run)
+    return EvaluationResult(write_evaluation(out, name, merge_rows(parts), seed=int(cfg.seed)), run)
 
 
 def run_methods(
@@ -322,11 +360,12 @@ def run_methods(
             write_json(summary, out / "summary.json")
         start = time.perf_counter()
         results[name] = evaluate(cfg, dm, net, explainer, name, where, metrics)
-        seconds, n = time.perf_counter() - start, len(dm.splits["test"])
+        seconds, n = time.perf_counter() - start, evaluated_count(cfg, dm)
         summary.setdefault("timing", {})[name] = {
             "evaluation_s": round(seconds, 3),
             "test_images": n,
             "images_per_s": round(n / seconds, 3),
+            **getattr(results[name], "run", {}),  # forward counts, the fast-forward check
         }
     summary["test"] = results
     if not is_rank_zero() or not all(results.values()):
@@ -366,10 +405,12 @@ def setup_run(
     (built once, used for every method) and the output folder.
     """
     check_launch(cfg)
+    FastFlags.from_config(cfg.get("evaluation"))  # a typo fails before any training
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     out = Path(cfg.paths.output_dir)
     dm = build_datamodule(cfg)
     dm.setup()  # a missing or malformed dataset fails here
+    evaluated_count(cfg, dm)  # a bad evaluation.n_test fails before any training
     with torch.random.fork_rng(devices=[]):  # the checks draw nothing from the run's seed
         explainers = {n: build_explainer(node, n) for n, node in explainer_configs(cfg).items()}
         metrics = build_metrics(cfg) if explainers else {}

@@ -10,24 +10,31 @@ repeats), so a multi-process run writes the rows of a one-process run.
 At the end it writes ``per_sample.csv``, ``metrics.json``, ``table.{md,csv,tex}``
 and ``figures/`` into ``out_dir`` (:func:`~xaibench.eval.results.write_evaluation`), or,
 given a ``shard_path``, saves its rows there as one shard of a resumable evaluation.
+
+The metrics see the classifier through one
+:class:`~xaibench.metrics.shared_forward.SharedForward` per batch and, with a
+fast-forward flag (:class:`~xaibench.eval.fast.FastFlags`), a fast copy of it
+built on the first batch and checked there against the original
+(``fast_check``); the explainer's forward and gradients use the original.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 from xaibench.data.cache import atomic_save, normalize_key
 from xaibench.data.datasets import Batch, unpack_batch
+from xaibench.eval.fast import FastFlags, compare_predictions
 from xaibench.eval.results import GRIDS, Rows, write_evaluation
 from xaibench.metrics.registry import entry_spec
 from xaibench.metrics.shared_forward import ForwardStats, SharedForward
@@ -76,6 +83,17 @@ def gather_rows(index: Tensor, columns: dict[str, Tensor]) -> tuple[Tensor, dict
     return index[first], {k: v[first] for k, v in columns.items()}
 
 
+class EvaluationResult(dict):
+    """An evaluation's ``{column: {mean, ci_low, ci_high, n, n_nan, ...}}`` (a plain dict to
+    the tables and JSON), plus ``run``: what this process measured while scoring it, which is
+    not a metric column (``forwards``: :meth:`ForwardStats.as_dict` summed over the ranges
+    scored here; ``fast_forward``: ``EvaluationCallback.fast_check`` with a fast flag on)."""
+
+    def __init__(self, columns: dict[str, Any] | None = None, run: dict[str, Any] | None = None):
+        super().__init__(columns or {})
+        self.run: dict[str, Any] = dict(run or {})
+
+
 class EvaluationCallback(pl.Callback):
     """Scores test-stage heatmaps; see the module docstring.
 
@@ -93,7 +111,13 @@ class EvaluationCallback(pl.Callback):
         seed: bootstrap seed.
         share_forward: forward each distinct perturbed input once per batch across
             all entries (:class:`~xaibench.metrics.shared_forward.SharedForward`);
-            ``forward_stats`` adds up its counts over the batches.
+            ``forward_stats`` adds up its counts over the batches (and over the
+            test runs of one callback, see :meth:`for_shard`).
+        fast: the metrics' forwards through a fast copy of ``pl_module.net``,
+            built on the first batch and kept for later test runs of the same
+            net; ``fast_check`` is its :func:`~xaibench.eval.fast.compare_predictions`
+            on that batch with the flags and the copy's build seconds (``{channels_last,
+            compile, autocast, max_abs_logit_diff, flipped, n, build_s}``).
         shard_path: save this epoch's rows there (atomically, with ``meta.key`` =
             ``shard_key``) instead of writing the files: one shard of a resumable
             evaluation (:mod:`xaibench.eval.shards`), merged by the caller.
@@ -108,6 +132,7 @@ class EvaluationCallback(pl.Callback):
         figure_images: int = 8,
         seed: int = 0,
         share_forward: bool = True,
+        fast: FastFlags = FastFlags(),
         shard_path: str | Path | None = None,
         shard_key: dict[str, Any] | None = None,
     ) -> None:
@@ -118,9 +143,19 @@ class EvaluationCallback(pl.Callback):
         self.columns = column_names({entry: spec.keys for entry, spec in self.specs.items()})
         self.figure_images, self.seed = figure_images, seed
         self.share_forward, self.forward_stats = share_forward, ForwardStats()
+        self.fast, self.fast_check = fast, None
+        self._fast: tuple[nn.Module, torch.device, nn.Module] | None = None  # (net, device, copy)
+        self.for_shard(shard_path, shard_key)
+        self.summary: dict[str, dict[str, float]] = {}
+
+    def for_shard(
+        self, shard_path: str | Path | None, shard_key: dict[str, Any] | None = None
+    ) -> EvaluationCallback:
+        """Save the next test run's rows to ``shard_path`` (with ``meta.key`` = ``shard_key``);
+        one callback can score every range of an evaluation, its counts and fast copy kept."""
         self.shard_path = None if shard_path is None else Path(shard_path)
         self.shard_key = shard_key or {}
-        self.summary: dict[str, dict[str, float]] = {}
+        return self
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._index: list[Tensor] = []
@@ -132,8 +167,32 @@ class EvaluationCallback(pl.Callback):
         self._figure: tuple[Tensor, Tensor, Tensor] | None = None
         self._warned: set[str] = set()
 
-    def _score(self, entry: str, pl_module: pl.LightningModule, b: Batch, heat: Tensor) -> dict:
-        """One entry's outputs on one batch; NaN for every key if it needs absent masks."""
+    def metrics_net(self, net: nn.Module, images: Tensor) -> nn.Module:
+        """The classifier the metrics call: ``net``, or (a fast-forward flag on) its fast copy,
+        built on ``images`` ``(N, C, H, W)`` the first time and checked on them."""
+        if not self.fast.on:
+            return net
+        device = images.device
+        if self._fast is None or self._fast[0] is not net or self._fast[1] != device:
+            start = time.perf_counter()
+            fast = self.fast.build(net, example=images)
+            build_s = time.perf_counter() - start
+            check = compare_predictions(net, fast, images)
+            self.fast_check = {**self.fast.as_dict(), **check, "build_s": round(build_s, 3)}
+            flags = ", ".join(k for k, v in self.fast.as_dict().items() if v)
+            level = logging.WARNING if check["flipped"] else logging.INFO
+            log.log(
+                level,
+                "fast forward (%s): max |logit diff| %.2g, argmax flipped on %d of %d images "
+                "of the first batch",
+                flags, check["max_abs_logit_diff"], check["flipped"], check["n"],
+            )  # fmt: skip
+            self._fast = (net, device, fast)
+        return self._fast[2]
+
+    def _score(self, entry: str, net: nn.Module, b: Batch, heat: Tensor) -> dict:
+        """One entry's outputs on one batch with the classifier ``net``; NaN for every key if
+        it needs absent masks."""
         spec = self.specs[entry]
         kw: dict[str, Any] = {}
         if "indices" in spec.needs:
@@ -149,7 +208,7 @@ class EvaluationCallback(pl.Callback):
                     )
                 return {k: heat.new_full((len(b.labels),), float("nan")) for k in spec.keys}
             kw["masks"] = b.masks
-        return self.metrics[entry](pl_module.net, b.images, heat, b.labels, **kw)
+        return self.metrics[entry](net, b.images, heat, b.labels, **kw)
 
     def on_test_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0
@@ -163,10 +222,10 @@ class EvaluationCallback(pl.Callback):
         n = len(b.labels)
         self._index.append(b.index.cpu())
         # one SharedForward per batch: entries' identical perturbed inputs are forwarded once
-        shared = SharedForward(pl_module.net, share=self.share_forward)
-        scope = SimpleNamespace(net=shared)  # what _score reads of the module
+        net = self.metrics_net(pl_module.net, b.images)
+        shared = SharedForward(net, share=self.share_forward)
         for entry in self.metrics:
-            res = self._score(entry, scope, b, heat)
+            res = self._score(entry, shared, b, heat)
             for key, column in self.columns[entry].items():
                 if key not in res or tuple(res[key].shape) != (n,):
                     got = tuple(res[key].shape) if key in res else "nothing"

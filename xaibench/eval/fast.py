@@ -5,15 +5,98 @@ an eval-mode classifier so that every metric's forward pass runs in the
 ``channels_last`` memory format, through ``torch.compile``, and/or under CUDA
 bf16 autocast. ``compare_predictions`` reports what a flag changes on the
 ``score=accuracy`` path: the largest logit difference and the samples whose
-argmax flips. Measured effect: ``scripts/bench.py`` (section "fast forward").
+argmax flips. :class:`FastFlags` reads the flags from a run's ``evaluation``
+block (``channels_last``, ``compile``, ``autocast``) and builds the metrics'
+fast copy of the classifier (the explainer keeps the original). Measured
+effect: ``scripts/bench.py`` (section "fast forward").
 """
 
 from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from xaibench.errors import ConfigError
+
+AUTOCAST = (None, "bf16")
+"""The values of ``evaluation.autocast``."""
+
+
+@dataclass(frozen=True)
+class FastFlags:
+    """The fast-forward flags of a run's ``evaluation`` block (all off: the classifier as it is).
+
+    Attributes:
+        channels_last: the metrics' forwards in the ``channels_last`` memory format.
+        compile: the metrics' forwards through ``torch.compile``.
+        autocast: ``None`` or ``"bf16"`` (CUDA only): the forwards under bf16 autocast.
+    """
+
+    channels_last: bool = False
+    compile: bool = False
+    autocast: str | None = None
+
+    @classmethod
+    def from_config(cls, evaluation: Mapping[str, Any] | None) -> FastFlags:
+        """The flags of ``evaluation`` (a missing key is off).
+
+        Raises:
+            ConfigError: a flag that is not true/false, or ``autocast`` not null/bf16.
+        """
+        ev = evaluation or {}
+        flags = {}
+        for key in ("channels_last", "compile"):
+            value = ev.get(key, False)
+            if not isinstance(value, bool):
+                raise ConfigError(f"evaluation.{key}={value!r} must be true or false")
+            flags[key] = value
+        autocast = ev.get("autocast")
+        if autocast not in AUTOCAST:
+            raise ConfigError(
+                f"evaluation.autocast={autocast!r} must be null or bf16 (bf16 needs a CUDA device)"
+            )
+        return cls(**flags, autocast=autocast)
+
+    @property
+    def on(self) -> bool:
+        """Any flag set."""
+        return self.channels_last or self.compile or self.autocast is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def check_device(self, device: torch.device | str) -> None:
+        """Raise ConfigError if ``autocast`` is set and the evaluation runs on a non-CUDA ``device``."""
+        kind = torch.device(device).type
+        if self.autocast is not None and kind != "cuda":
+            raise ConfigError(
+                f"evaluation.autocast={self.autocast} needs a CUDA device, and this evaluation "
+                f"runs on {kind}; set evaluation.autocast=null (or run with trainer=gpu)"
+            )
+
+    def build(self, net: nn.Module, example: Tensor | None = None) -> nn.Module:
+        """A fast copy of the frozen classifier ``net`` (eval mode) on its device; ``net`` itself
+        with every flag off. ``net`` is never changed (the explainer keeps using it).
+
+        Args:
+            net: the classifier, ``(B, C, H, W) -> (B, classes)``.
+            example: ``(B, C, H, W)`` inputs ``compile`` is built on (see :func:`fast_forward`).
+        """
+        if not self.on:
+            return net
+        self.check_device(_device(net))
+        return fast_forward(
+            copy.deepcopy(net),
+            channels_last=self.channels_last,
+            compile=self.compile,
+            autocast_bf16=self.autocast == "bf16",
+            example=example,
+        )
 
 
 class FastForward(nn.Module):
@@ -85,7 +168,10 @@ def fast_forward(
 
 def _compiled(module: nn.Module, device: torch.device, example: Tensor | None) -> nn.Module:
     """``torch.compile(module)``, built once on ``example`` here; ConfigError if it cannot build."""
-    compiled = torch.compile(module, dynamic=False)
+    # dynamic=None: the build here is for example's shape; the metrics' other batch sizes
+    # (chunk remainders, the rows SharedForward has not seen) recompile once with a dynamic
+    # batch dimension instead of once per size (dynamic=False hits the recompile limit)
+    compiled = torch.compile(module, dynamic=None)
     x = example if example is not None else torch.rand(2, 3, 32, 32, device=device)
     try:
         with torch.inference_mode():

@@ -30,10 +30,11 @@ randomisation test) drop everything stored.
 
 Values: a shared row's output is the one computed the first time the row was
 forwarded in the batch, possibly among other rows than in entry-by-entry
-evaluation. On CPU the demo classifier's per-row output does not depend on its
-batch companions for batches of two or more rows (measured: identical); a lone
-new row is forwarded next to a copy of itself because a batch of one takes a
-different BLAS path (5e-7 apart in the logits).
+evaluation. On CPU the demo classifier's per-row logits do not depend on the
+batch for batches of 6 rows or more (measured: identical for 6 to 64 rows,
+any selection); batches of 1 to 5 rows take other kernels and differ by up to
+2.4e-6. Entry-by-entry evaluation has such small batches too (the last chunk of
+a call), so equality is exact where both forward a row in a batch of 6 or more.
 
 Memory: the inputs of stored rows (their raw words) plus their outputs, for
 one batch only (:meth:`SharedForward.clear`, or leave the ``with`` block).
@@ -41,14 +42,19 @@ one batch only (:meth:`SharedForward.clear`, or leave the ``with`` block).
 recently used ones. Repeats are mostly close together in a run (``qge`` right
 after ``paper``; ``positive_perturbation``, ``region_perturbation`` and ``irof``
 (deepfaith) ask exactly for ``faithfulness_deletion``'s rows; the clean images
-in every entry), so a cap of a quarter of all distinct rows keeps nearly all
-the sharing (demo: 512 MiB keeps 27.0 % of 29.6 % possible; storing rows
-only until full would keep 9.7 %).
+in every entry), so a cap well below all distinct rows keeps most of the
+sharing. Demo classifier, 200 test images, ``metric=[paper,qge,faithfulness]``,
+29.6 % of the requested rows are repeats: with 64 images a batch 1 GiB keeps
+29.2 % (measured, ``scripts/bench_shared.py``; 512 MiB: 27.0 %, replayed key
+streams) where storing rows only until full would keep 15.0 %; with the
+demo's 256 a batch 1 GiB keeps 21.5 % (measured; 2 GiB: 29.1 %, replayed).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -56,8 +62,8 @@ import torch
 from torch import Tensor, nn
 
 DEFAULT_MAX_BYTES = 1 << 30
-"""Stored inputs of one batch at most (1 GiB): on the demo (3x64x64, 64 images a batch,
-``metric=[paper,qge,faithfulness]``) it keeps 29.3 % of the 29.6 % of rows that are repeats."""
+"""Stored inputs of one batch at most (1 GiB, about 21,800 rows of 3x64x64); see the module
+docstring for what it keeps on the demo."""
 
 _HASH_ELEMENTS = 1 << 24
 """Words per fingerprint chunk (bounds the temporary of the product to 64 MiB)."""
@@ -101,6 +107,23 @@ class ForwardStats:
         return {**asdict(self), "saved": self.saved}
 
 
+@contextmanager
+def row_counter(model: nn.Module) -> Iterator[list[int]]:
+    """``[rows, calls]`` that ``model`` computes inside the block, counted by a forward
+    pre-hook (removed after): an independent count of what :class:`ForwardStats` reports."""
+    counts = [0, 0]
+
+    def pre(_: nn.Module, args: tuple) -> None:
+        counts[0] += int(args[0].shape[0])
+        counts[1] += 1
+
+    handle = model.register_forward_pre_hook(pre)
+    try:
+        yield counts
+    finally:
+        handle.remove()
+
+
 @functools.lru_cache(maxsize=16)
 def projection(words: int, device: torch.device) -> Tensor:
     """``(2, words)`` int32 odd random coefficients of the fingerprint (fixed seed)."""
@@ -141,6 +164,24 @@ def row_keys(words: Tensor) -> Tensor:
             h = torch.stack([(mixed * c).sum(dim=1, dtype=torch.int32) for c in coeffs], 1).long()
         parts.append((h[:, 0] << 32) | (h[:, 1] & 0xFFFFFFFF))
     return torch.cat(parts) if parts else words.new_empty((0,), dtype=torch.int64)
+
+
+def first_equal_rows(keys: Tensor, words: Tensor) -> Tensor | None:
+    """For each row, the first row of the call with its key, ``(n,)`` int64; ``None`` if two
+    rows with one key differ (a fingerprint collision inside the call).
+
+    Args:
+        keys: ``(n,)`` :func:`row_keys` of ``words``.
+        words: ``(n, W)`` :func:`as_words` of the call's rows.
+    """
+    n = keys.shape[0]
+    arange = torch.arange(n, device=keys.device)
+    uniq, inv = torch.unique(keys, return_inverse=True)
+    rep = torch.full_like(uniq, n).scatter_reduce(0, inv, arange, reduce="amin")[inv]
+    dup = (rep != arange).nonzero().squeeze(1)
+    if dup.numel() and not bool((words[dup] == words[rep[dup]]).all()):
+        return None
+    return rep
 
 
 class _Store:
@@ -331,17 +372,13 @@ class SharedForward(nn.Module):
 
     def _shared(self, x: Tensor) -> Tensor:
         n = x.shape[0]
-        arange = torch.arange(n, device=x.device)
         words = as_words(x.reshape(n, -1))  # (n, W) raw bits of each row
         keys = row_keys(words)
-        uniq, inv = torch.unique(keys, return_inverse=True)
-        rep = torch.full_like(uniq, n).scatter_reduce(0, inv, arange, reduce="amin")[inv]
-        firsts = (rep == arange).nonzero().squeeze(1)  # (F,) first row of each key, in order
-        if firsts.shape[0] < n:  # rows answered by an earlier equal row of this call
-            dup = (rep != arange).nonzero().squeeze(1)
-            if not bool((words[dup] == words[rep[dup]]).all()):
-                self.stats.collisions += 1  # two different rows of this call share a key
-                return self._direct(x)
+        rep = first_equal_rows(keys, words)
+        if rep is None:
+            self.stats.collisions += 1  # two different rows of this call share a key
+            return self._direct(x)
+        firsts = (rep == torch.arange(n, device=x.device)).nonzero().squeeze(1)  # (F,) in order
         signature = (tuple(x.shape[1:]), x.dtype, x.device)
         store = self._stores.get(signature)
         if store is None:
@@ -352,7 +389,7 @@ class SharedForward(nn.Module):
         rows = firsts[new]  # (M,) rows to forward, in their order in x
         out_new = None
         if rows.numel():
-            out_new = self._forward_rows(x if rows.shape[0] == n else x[rows])
+            out_new = self._direct(x if rows.shape[0] == n else x[rows])
             if not _batched(out_new, rows.shape[0]):
                 self._unshareable = True  # not one output row per input row: never share
                 return self._direct(x)
@@ -378,13 +415,6 @@ class SharedForward(nn.Module):
                 self.stats.peak_bytes, sum(s.nbytes for s in self._stores.values())
             )
         return out
-
-    def _forward_rows(self, x: Tensor) -> Any:
-        """The model on ``x``; a lone row is forwarded beside a copy of itself (see module docstring)."""
-        if x.shape[0] == 1:
-            out = self._direct(torch.cat([x, x]))
-            return out[:1] if _batched(out, 2) else out
-        return self._direct(x)
 
     def _max_rows(self, store: _Store) -> int:
         """Rows ``store`` may hold: its own plus what the byte cap leaves after the other stores."""
