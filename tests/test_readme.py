@@ -2,7 +2,7 @@
 through the real entry points (in-process Hydra apps), with tiny sizes appended.
 
 Allowed changes, and only these: sizes (images, width, epochs, metric grids, samples of
-the learned and sampling explainers), a sweep over the whole registry cut to three points, data paths
+the learned and sampling explainers, a study's inputs and samples), a sweep over the whole registry cut to three points, data paths
 pointing at tiny copies of the official formats, ``trainer=gpu`` → ``trainer=cpu`` on a
 machine without CUDA, and the README's placeholder checkpoint path replaced by the one an
 earlier command wrote. A README command that fails here fails the suite.
@@ -67,6 +67,38 @@ SETTINGS_FAST = [
 EXPERIMENT_METRICS = {
     "benchmark_all": "[paper,localization,faithfulness]",
     "deepfaith_ablation": "[paper,faithfulness]",
+    "qge_images": "[localization]",
+    "qge_reliability": "[msi,localization,faithfulness]",
+}
+# a study's own sizes (inputs, permutations ranked, explanations sampled)
+STUDY_FAST = {
+    "qge_tabular": ["study.n_inputs=1", "study.rank_sample=20000", "study.seeds=1"],
+    "qge_images": [
+        "study.n_inputs=1",
+        "study.n_explanations=8",
+        "study.ks=[1,2]",
+        "study.correct_only=false",
+        "study.metrics=[pixel_flipping,localization]",
+        "~study.datasets.cifar10",  # the sandbox's CIFAR copy is too small for its val_size
+    ],
+    "qge_reliability": [
+        "study.n_samples=4",
+        "study.draws=1",
+        "compare_with=[gradcam,random]",
+        "metric.msi.step=0.1",
+        "metric.faithfulness_deletion.features_in_step=4096",
+    ],
+    "metric_agreement": [
+        "compare_with=[saliency,gradcam,random]",
+        "study.method_overrides.lax.explainer.max_epochs=1",
+        "study.method_overrides.lax.explainer.val_samples=8",
+        "study.n_images=4",
+        "study.batch_size=4",
+        "metric.paper.step=0.1",
+        "metric.paper.percent_step=0.1",
+        "metric.qge_msi.step=0.1",
+        "metric.pixel_flipping.features_in_step=4096",
+    ],
 }
 # a sweep over the whole registry, shortened to three of its points (one learned of each kind)
 SWEEP_SHORT = {"benchmark_all": ["hydra.sweeper.params.explainer='lax,deepfaith,gradcam'"]}
@@ -124,7 +156,7 @@ def tiny_args(args: list[str]) -> list[str]:
     search = choice(args, "hparams_search", "")
     explainer = choice(args, "explainer", "lax" if experiment == "demo" or search else "none")
     extra = [*TINY[dataset], *COMMON, *EXPLAINER_FAST.get(explainer, []), *SETTINGS_FAST]
-    extra += SWEEP_SHORT.get(experiment, [])
+    extra += SWEEP_SHORT.get(experiment, []) + STUDY_FAST.get(experiment, [])
     if search:  # two trials instead of the sweep's twenty
         extra += ["hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2"]
     extra += [o for m in metrics for o in METRIC_FAST.get(m, [])]
