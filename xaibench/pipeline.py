@@ -238,7 +238,7 @@ def _load_weights(
 
 def evaluated_count(cfg: DictConfig, dm: XaiDataModule) -> int:
     """How many test samples an evaluation scores: the first ``evaluation.n_test`` of the
-    test split (``null``: all of it). Smaller than the split, it evaluates a prefix without
+    test split, at most all of it (``null``: all). Smaller than the split, it evaluates a prefix without
     changing the dataset config, so the cached base classifier is reused."""
     total = len(dm.splits["test"])
     n = (cfg.get("evaluation") or {}).get("n_test")
@@ -247,11 +247,8 @@ def evaluated_count(cfg: DictConfig, dm: XaiDataModule) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"evaluation.n_test={n!r} must be null or a positive integer")
     if n > total:
-        raise ConfigError(
-            f"evaluation.n_test={n} is more than the {total} test samples of {dm.name}; "
-            "use null (all) or a smaller number"
-        )
-    return n
+        log.warning("evaluation.n_test=%d: %s has %d test samples, all scored", n, dm.name, total)
+    return min(n, total)
 
 
 def evaluate(
