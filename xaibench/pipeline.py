@@ -46,7 +46,7 @@ from xaibench.errors import USER_ERRORS, ConfigError
 from xaibench.eval import EvaluationCallback, ExplainerTestModule, save_overlays, write_tables
 from xaibench.eval.aggregate import write_ranks
 from xaibench.eval.callback import EvaluationResult
-from xaibench.eval.fast import FastFlags
+from xaibench.eval.fast import FastFlags, evaluation_flag
 from xaibench.eval.reference import check_paper_reference, write_paper_comparison
 from xaibench.eval.results import merge_rows, write_evaluation
 from xaibench.eval.shards import (
@@ -280,9 +280,7 @@ def evaluate(
     ev = cfg.get("evaluation") or {}
     selection = parse_selection(ev.get("shard"))
     fast = FastFlags.from_config(ev)
-    share = ev.get("share_forward", True)
-    if not isinstance(share, bool):
-        raise ConfigError(f"evaluation.share_forward={share!r} must be true or false")
+    share = evaluation_flag(ev, "share_forward", True)
     key = evaluation_key(
         cfg, name, explainer_configs(cfg)[name], explainer, dm.split_info()["test"],
         base_checkpoint_path(cfg, dm).name,
@@ -305,8 +303,7 @@ def evaluate(
             continue
         cb.for_shard(path, {**key, "range": [start, stop]})
         trainer = build_trainer(cfg, callbacks=[cb], logger=False, enable_checkpointing=False)
-        if fast.autocast is not None:  # bf16 autocast on a CPU run: fail before scoring
-            fast.check_device(trainer.strategy.root_device)
+        fast.check_device(trainer.strategy.root_device)  # bf16 autocast on CPU: fail before scoring
         # the loader is built from the datamodule where the test runs (in each worker
         # under ddp_spawn: a loader built here and pickled fails there after a spawned fit)
         dm.test_rows = range(start, stop)

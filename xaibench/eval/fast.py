@@ -27,6 +27,14 @@ AUTOCAST = (None, "bf16")
 """The values of ``evaluation.autocast``."""
 
 
+def evaluation_flag(evaluation: Mapping[str, Any] | None, key: str, default: bool) -> bool:
+    """``evaluation.<key>`` as a bool (``default`` if absent); ConfigError if it is not one."""
+    value = (evaluation or {}).get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"evaluation.{key}={value!r} must be true or false")
+    return value
+
+
 @dataclass(frozen=True)
 class FastFlags:
     """The fast-forward flags of a run's ``evaluation`` block (all off: the classifier as it is).
@@ -49,12 +57,7 @@ class FastFlags:
             ConfigError: a flag that is not true/false, or ``autocast`` not null/bf16.
         """
         ev = evaluation or {}
-        flags = {}
-        for key in ("channels_last", "compile"):
-            value = ev.get(key, False)
-            if not isinstance(value, bool):
-                raise ConfigError(f"evaluation.{key}={value!r} must be true or false")
-            flags[key] = value
+        flags = {key: evaluation_flag(ev, key, False) for key in ("channels_last", "compile")}
         autocast = ev.get("autocast")
         if autocast not in AUTOCAST:
             raise ConfigError(
